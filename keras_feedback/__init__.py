@@ -1,0 +1,15 @@
+"""keras_feedback: feedback-recurrent layers for Keras 3 (TensorFlow backend).
+
+The public API is what the namespace packages re-export:
+``keras_feedback.layers``, ``keras_feedback.activations``.
+"""
+
+from keras_feedback.version import __version__
+from keras_feedback import _backend_check
+
+_backend_check.require_tensorflow_backend()
+
+from keras_feedback import activations  # noqa: E402
+from keras_feedback import layers  # noqa: E402
+
+__all__ = ["__version__", "activations", "layers"]

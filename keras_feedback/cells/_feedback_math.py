@@ -1,0 +1,210 @@
+"""The step math of the feedback cell: pure functions of (params, inputs, state).
+
+Nothing here owns a variable or knows about time. ``FeedbackCell`` (in
+``keras_feedback.layers``) owns the weights and hands ``project_inputs`` and
+``step`` to an engine, which runs them over a sequence. With
+``feedback_units == 0`` the math is exactly Keras's ``SimpleRNNCell``,
+``GRUCell`` (``reset_after=True``) and ``LSTMCell``.
+
+For hidden size H, feedback size F, gate count G (1, 3, 4 for simple, gru,
+lstm) the parameters are:
+
+    kernel (D, G*H), recurrent_kernel (H, G*H), bias (G*H) or (2, G*H) for gru
+    feedback_recurrent_kernel (F, G*H)       U_c: c_{t-1} into the core
+    feedback_kernel (H, F), feedback_bias (F)      W_c, b_c
+    attention_kernel (H+F, H), attention_bias (H)  W_α, b_α
+    output_kernel (H+F, O), output_bias (O)        W_y, b_y
+    layer_norm_gamma (H), layer_norm_beta (H)
+"""
+
+import dataclasses
+import functools
+from typing import Callable
+from typing import Optional
+
+import tensorflow as tf
+
+CORES = ("simple", "gru", "lstm")
+GATES = {"simple": 1, "gru": 3, "lstm": 4}
+LAYER_NORM_EPSILON = 1e-3
+
+
+@dataclasses.dataclass(frozen=True)
+class StepSpec:
+    """Static description of a feedback cell: everything that is not a tensor."""
+
+    core: str
+    units: int
+    feedback_units: int
+    output_units: Optional[int]
+    attention: bool
+    residual: bool
+    layer_norm: bool
+    use_bias: bool
+    activation: Callable
+    recurrent_activation: Callable
+    feedback_activation: Callable
+    output_activation: Callable
+
+    @property
+    def gates(self):
+        return GATES[self.core]
+
+    @property
+    def state_size(self):
+        """Sizes of the state tensors, in order: h, (LSTM carry), (feedback c)."""
+        sizes = [self.units]
+        if self.core == "lstm":
+            sizes.append(self.units)
+        if self.feedback_units:
+            sizes.append(self.feedback_units)
+        return sizes
+
+    @property
+    def output_size(self):
+        return self.output_units or self.units
+
+    @property
+    def trace_sizes(self):
+        """Per-step quantities recorded by ``return_trace``: name -> size."""
+        sizes = {"h": self.units}
+        if self.feedback_units:
+            sizes["c"] = self.feedback_units
+        if self.attention:
+            sizes["alpha"] = self.units
+        return sizes
+
+
+def project_inputs(spec, params, inputs):
+    """The input projection ``x W_x + b`` (input part of the bias for gru).
+
+    Works for one step ``(B, D)`` or all steps at once ``(B, T, D)``: the
+    engine calls it once, before the loop, as one large matmul.
+    """
+    kernel = params["kernel"]
+    if inputs.shape.rank == 2:
+        projected = tf.matmul(inputs, kernel)
+    else:
+        # One (B*T, D) x (D, G) matmul: the fastest form, and a plain
+        # FULLY_CONNECTED op after LiteRT conversion.
+        lead = tf.shape(inputs)[:-1]
+        flat = tf.reshape(inputs, [-1, tf.shape(inputs)[-1]])
+        projected = tf.reshape(
+            tf.matmul(flat, kernel), tf.concat([lead, tf.shape(kernel)[-1:]], 0)
+        )
+    if spec.use_bias:
+        bias = params["bias"]
+        projected = projected + (bias[0] if spec.core == "gru" else bias)
+    return projected
+
+
+def _layer_norm(spec, params, x):
+    dtype = x.dtype
+    x32 = tf.cast(x, tf.float32)
+    mean, variance = tf.nn.moments(x32, axes=[-1], keepdims=True)
+    normed = (x32 - mean) * tf.math.rsqrt(variance + LAYER_NORM_EPSILON)
+    normed = tf.cast(normed, dtype)
+    return normed * params["layer_norm_gamma"] + params["layer_norm_beta"]
+
+
+def _split_states(spec, states):
+    states = list(states)
+    h = states.pop(0)
+    carry = states.pop(0) if spec.core == "lstm" else None
+    c = states.pop(0) if spec.feedback_units else None
+    return h, carry, c
+
+
+def _core(spec, params, projected, h_prev, carry, recurrent_input):
+    """The core update ``f``; returns (candidate h, new LSTM carry or None)."""
+    units = spec.units
+    recurrent = tf.matmul(recurrent_input, params["recurrent_kernel"])
+    if spec.core == "simple":
+        return spec.activation(projected + recurrent), None
+    if spec.core == "gru":
+        if spec.use_bias:
+            recurrent = recurrent + params["bias"][1]
+        x_z, x_r, x_h = tf.split(projected, 3, axis=-1)
+        r_z, r_r, r_h = tf.split(recurrent, 3, axis=-1)
+        z = spec.recurrent_activation(x_z + r_z)
+        r = spec.recurrent_activation(x_r + r_r)
+        candidate = spec.activation(x_h + r * r_h)
+        return z * h_prev + (1 - z) * candidate, None
+    z = projected + recurrent
+    i = spec.recurrent_activation(z[..., :units])
+    f = spec.recurrent_activation(z[..., units : 2 * units])
+    g = spec.activation(z[..., 2 * units : 3 * units])
+    o = spec.recurrent_activation(z[..., 3 * units :])
+    new_carry = f * carry + i * g
+    return o * spec.activation(new_carry), new_carry
+
+
+def step(spec, params, projected, states, recurrent_mask=None):
+    """One time step of the feedback cell.
+
+    Args:
+        spec: the cell's ``StepSpec``.
+        params: dict of parameter tensors (names in the module docstring).
+        projected: ``project_inputs`` of this step's input, ``(B, G*H)``.
+        states: list of state tensors, sizes ``spec.state_size``.
+        recurrent_mask: optional ``(B, H)`` recurrent dropout mask applied to
+            ``h_{t-1}`` where it enters the recurrent matmul.
+
+    Returns:
+        ``(y, new_states, trace)``: the output ``(B, output_size)``, the new
+        state list, and a dict of the per-step ``h``, ``c``, ``alpha``.
+    """
+    h_prev, carry, c_prev = _split_states(spec, states)
+    if spec.feedback_units:
+        projected = projected + tf.matmul(c_prev, params["feedback_recurrent_kernel"])
+    recurrent_input = h_prev if recurrent_mask is None else h_prev * recurrent_mask
+    h, new_carry = _core(spec, params, projected, h_prev, carry, recurrent_input)
+    if spec.layer_norm:
+        h = _layer_norm(spec, params, h)
+    if spec.residual:
+        h = h_prev + h
+    trace = {"h": h}
+    new_states = [h] if new_carry is None else [h, new_carry]
+    readout = h
+    if spec.feedback_units:
+        c = tf.matmul(h, params["feedback_kernel"])
+        if spec.use_bias:
+            c = c + params["feedback_bias"]
+        c = spec.feedback_activation(c)
+        new_states.append(c)
+        trace["c"] = c
+        readout = tf.concat([h, c], axis=-1)
+    output = h
+    if spec.attention:
+        alpha = tf.matmul(readout, params["attention_kernel"])
+        if spec.use_bias:
+            alpha = alpha + params["attention_bias"]
+        alpha = tf.sigmoid(alpha)
+        trace["alpha"] = alpha
+        output = alpha * h
+        readout = output if not spec.feedback_units else tf.concat(
+            [output, trace["c"]], axis=-1
+        )
+    if spec.output_units:
+        output = tf.matmul(readout, params["output_kernel"])
+        if spec.use_bias:
+            output = output + params["output_bias"]
+        output = spec.output_activation(output)
+    return output, new_states, trace
+
+
+@functools.lru_cache(maxsize=None)
+def make_step_fn(spec):
+    """The engine's step function for ``spec``.
+
+    ``params`` is ``{"weights": ..., "recurrent_mask": ...}`` (the mask only
+    when recurrent dropout is active). Cached, so that an engine that traces
+    or compiles per step function sees the same function for the same spec.
+    """
+
+    def step_fn(params, projected, states):
+        return step(
+            spec, params["weights"], projected, states, params.get("recurrent_mask")
+        )
+
+    return step_fn

@@ -1,0 +1,110 @@
+"""The reference recurrence: a ``tf.while_loop`` over time, plain autodiff.
+
+It knows nothing about any cell: it runs ``step_fn(params, x_t, states)`` and
+writes each step's output into a preallocated time-major tensor with
+``tf.tensor_scatter_nd_update`` (no TensorArray/TensorList op in the forward
+graph, so the same loop converts to LiteRT's builtin ``WHILE``). It is kept
+simple on purpose: it is the oracle for the fused XLA engine.
+"""
+
+import tensorflow as tf
+
+
+def _write(buffer, t, value):
+    return tf.tensor_scatter_nd_update(buffer, [[t]], value[None])
+
+
+def _keep(keep, new, old):
+    return tf.nest.map_structure(lambda n, o: tf.where(keep, n, o), new, old)
+
+
+def run(
+    step_fn,
+    params,
+    inputs,
+    initial_states,
+    *,
+    output_size,
+    mask=None,
+    go_backwards=False,
+    return_sequences=True,
+    zero_output_for_mask=False,
+    unroll=False,
+    trace_sizes=None,
+):
+    """Runs ``step_fn`` over the time axis of ``inputs``.
+
+    Args:
+        step_fn: ``step_fn(params, x_t, states) -> (y_t, new_states, trace_t)``
+            where ``trace_t`` is a dict of ``(B, k)`` tensors.
+        params: a structure of tensors passed unchanged to every step.
+        inputs: ``(B, T, G)`` per-step inputs (already projected).
+        initial_states: list of ``(B, s)`` tensors.
+        output_size: size of ``y_t``.
+        mask: optional ``(B, T)`` boolean; a masked step keeps the previous
+            states and output (zeros when ``zero_output_for_mask``).
+        go_backwards: process time in reverse; outputs are returned in the
+            order they were computed, as Keras does.
+        return_sequences: keep every step's output, or only the last.
+        unroll: a Python loop over a static time axis instead of a while loop.
+        trace_sizes: dict name -> size of the per-step trace to record.
+
+    Returns:
+        ``(outputs, last_output, final_states, traces)``: ``outputs`` is
+        ``(B, T, output_size)`` or None, ``traces`` a dict of ``(B, T, k)``.
+    """
+    trace_sizes = dict(trace_sizes or {})
+    dtype = inputs.dtype
+    steps = tf.transpose(inputs, [1, 0, 2])
+    keep_steps = None
+    if mask is not None:
+        keep_steps = tf.transpose(tf.cast(mask, tf.bool), [1, 0])[..., None]
+    if go_backwards:
+        steps = tf.reverse(steps, [0])
+        if keep_steps is not None:
+            keep_steps = tf.reverse(keep_steps, [0])
+    num_steps = tf.shape(steps)[0]
+    batch = tf.shape(steps)[1]
+
+    def zeros(size, time=False):
+        shape = [num_steps, batch, size] if time else [batch, size]
+        return tf.zeros(shape, dtype)
+
+    last_output = zeros(output_size)
+    outputs = zeros(output_size, time=True) if return_sequences else ()
+    traces = {k: zeros(n, time=True) for k, n in trace_sizes.items()}
+    last_trace = {k: zeros(n) for k, n in trace_sizes.items()}
+    states = list(initial_states)
+
+    def body(t, last_output, states, outputs, traces, last_trace):
+        output, new_states, trace = step_fn(params, steps[t], states)
+        trace = {k: trace[k] for k in trace_sizes}
+        if keep_steps is not None:
+            keep = keep_steps[t]
+            new_states = _keep(keep, list(new_states), states)
+            held = tf.zeros_like(output) if zero_output_for_mask else last_output
+            output = tf.where(keep, output, held)
+            trace = _keep(keep, trace, last_trace)
+        if return_sequences:
+            outputs = _write(outputs, t, output)
+        traces = {k: _write(traces[k], t, trace[k]) for k in traces}
+        return t + 1, output, list(new_states), outputs, traces, trace
+
+    carry = (0, last_output, states, outputs, traces, last_trace)
+    if unroll:
+        if inputs.shape[1] is None:
+            raise ValueError(
+                "unroll=True needs a static time dimension, got input shape "
+                f"{tuple(inputs.shape)}"
+            )
+        for _ in range(inputs.shape[1]):
+            carry = body(*carry)
+    else:
+        carry = tf.while_loop(lambda t, *_: t < num_steps, body, carry)
+    _, last_output, states, outputs, traces, _ = carry
+    if return_sequences:
+        outputs = tf.transpose(outputs, [1, 0, 2])
+    else:
+        outputs = None
+    traces = {k: tf.transpose(v, [1, 0, 2]) for k, v in traces.items()}
+    return outputs, last_output, list(states), traces
