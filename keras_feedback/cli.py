@@ -1,32 +1,17 @@
 """The ``keras-feedback`` command.
 
-Subcommands register themselves in ``COMMANDS``; the command imports
-TensorFlow only when a subcommand runs, so ``--help`` and ``--version`` are
-instant.
+Each subcommand is a module with ``HELP`` (one line), ``add_arguments(parser)``
+and ``run(args) -> int``; ``SUBCOMMANDS`` maps the subcommand's name to its
+module, imported only when the parser is built.
 """
 
 import argparse
+import importlib
 import sys
 
 from keras_feedback.version import __version__
 
-# name -> (help, add_arguments(parser), run(args) -> exit code); the modules
-# that implement them are imported lazily by ``run``.
-COMMANDS = {}
-
-
-def command(name, help):
-    """Registers ``add_arguments`` as the parser of subcommand ``name``.
-
-    The decorated function fills the subparser and returns the callable that
-    runs the command.
-    """
-
-    def decorator(add_arguments):
-        COMMANDS[name] = (help, add_arguments)
-        return add_arguments
-
-    return decorator
+SUBCOMMANDS = {}
 
 
 def build_parser():
@@ -41,9 +26,11 @@ def build_parser():
         "--version", action="version", version=f"keras-feedback {__version__}"
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name, (help_text, add_arguments) in COMMANDS.items():
-        sub_parser = sub.add_parser(name, help=help_text, description=help_text)
-        sub_parser.set_defaults(run=add_arguments(sub_parser))
+    for name, module_name in SUBCOMMANDS.items():
+        module = importlib.import_module(module_name)
+        sub_parser = sub.add_parser(name, help=module.HELP, description=module.HELP)
+        module.add_arguments(sub_parser)
+        sub_parser.set_defaults(run=module.run)
     return parser
 
 

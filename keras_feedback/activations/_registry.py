@@ -222,10 +222,16 @@ def deserialize(config, custom_objects=None):
         return _lookup(config)
     if not isinstance(config, dict):
         raise _type_error(config, "an activation config")
+    name = config.get("config")
+    if (
+        config.get("class_name") == "function"
+        and isinstance(name, str)
+        and name in _ACTIVATIONS
+        and name not in (custom_objects or {})
+    ):
+        return _lookup(name)
     activation = keras.saving.deserialize_keras_object(
-        config,
-        module_objects=dict(_ACTIVATIONS),
-        custom_objects=custom_objects,
+        config, custom_objects=custom_objects
     )
     if not callable(activation):
         raise ValueError(
