@@ -59,12 +59,16 @@ def exponential_derivative(x):
 def gelu_derivative(x, approximate=False):
     x = _float(x)
     if approximate:
-        # d/dx of 0.5 x (1 + tanh(u)), u = sqrt(2/pi) (x + 0.044715 x^3).
-        t = ops.tanh(_SQRT_2_OVER_PI * (x + 0.044715 * x * x * x))
+        # gelu = x s with s = (1 + tanh(u)) / 2 = sigmoid(2u),
+        # u = sqrt(2/pi) (x + 0.044715 x^3); sigmoid avoids 1 + tanh(u)
+        # cancelling for negative u.
+        u = _SQRT_2_OVER_PI * (x + 0.044715 * x * x * x)
         du = _SQRT_2_OVER_PI * (1.0 + 3.0 * 0.044715 * x * x)
-        return 0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * du
-    # Phi(x) + x phi(x): the normal CDF and density.
-    cdf = 0.5 * (1.0 + ops.erf(x / _SQRT_2))
+        s = ops.sigmoid(2.0 * u)
+        return s + 2.0 * x * s * ops.sigmoid(-2.0 * u) * du
+    # Phi(x) + x phi(x), the normal CDF and density; erfc keeps Phi accurate
+    # in the left tail, where 1 + erf(x / sqrt(2)) would cancel.
+    cdf = 0.5 * ops.erfc(-x / _SQRT_2)
     pdf = _INV_SQRT_2PI * ops.exp(-0.5 * x * x)
     return cdf + x * pdf
 
