@@ -3,14 +3,22 @@
 import os
 
 
+def _error(backend):
+    return ImportError(
+        "keras_feedback needs the TensorFlow backend of Keras 3, but Keras is "
+        f"set to the {backend!r} backend. Set KERAS_BACKEND=tensorflow (or "
+        '"backend": "tensorflow" in ~/.keras/keras.json) before importing '
+        "keras or keras_feedback."
+    )
+
+
 def require_tensorflow_backend():
+    # Checked before importing keras: another backend may not even import
+    # here (its own dependencies missing), which would hide the real cause.
+    requested = os.environ.get("KERAS_BACKEND")
+    if requested and requested != "tensorflow":
+        raise _error(requested)
     import keras
 
-    backend = keras.backend.backend()
-    if backend != "tensorflow":
-        raise ImportError(
-            "keras_feedback needs the TensorFlow backend of Keras 3, but Keras "
-            f"is running on the {backend!r} backend (KERAS_BACKEND="
-            f"{os.environ.get('KERAS_BACKEND')!r}). Set KERAS_BACKEND=tensorflow "
-            "before importing keras or keras_feedback."
-        )
+    if keras.backend.backend() != "tensorflow":
+        raise _error(keras.backend.backend())

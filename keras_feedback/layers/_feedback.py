@@ -467,7 +467,7 @@ class Feedback(keras.layers.Layer):
         self.engine = engine
         self.supports_masking = True
         self.input_spec = keras.InputSpec(ndim=3)
-        self._state_variables = None
+        object.__setattr__(self, "_state_variables", None)
 
     # Read-only views of the cell's configuration.
     units = property(lambda self: self.cell.units)
@@ -495,15 +495,18 @@ class Feedback(keras.layers.Layer):
                     "`batch_size` to the input), got input shape "
                     f"{tuple(sequences_shape)}"
                 )
-            self._state_variables = [
-                self.add_weight(
-                    name=f"state_{i}",
-                    shape=(batch, size),
-                    initializer="zeros",
+            # Not tracked as weights (as in Keras's RNN): the states are not
+            # part of the model's parameters, get_weights or checkpoints.
+            variables = [
+                keras.Variable(
+                    tf.zeros((batch, size)),
                     trainable=False,
+                    dtype=self.variable_dtype,
+                    name=f"state_{i}",
                 )
                 for i, size in enumerate(self.state_size)
             ]
+            object.__setattr__(self, "_state_variables", variables)
 
     @property
     def states(self):

@@ -1,0 +1,27 @@
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+import keras_feedback  # noqa: E402,F401
+
+
+@pytest.fixture(autouse=True)
+def _isolated_keras_state():
+    """Each test starts from the same seeds and the default dtype policy."""
+    keras.utils.set_random_seed(1234)
+    policy = keras.config.dtype_policy()
+    yield
+    keras.config.set_dtype_policy(policy)
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(0)
+
+
+def weights_by_name(layer):
+    return {v.name: np.asarray(v.numpy(), "float64") for v in layer.trainable_weights}

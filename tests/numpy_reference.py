@@ -1,0 +1,120 @@
+"""A numpy implementation of the feedback equations in shared/DESIGN.md.
+
+Written from the equations, independently of the library's step math, so
+that the tests compare two implementations rather than one with itself.
+"""
+
+import numpy as np
+
+ACTIVATIONS = {
+    "tanh": np.tanh,
+    "sigmoid": lambda x: 1.0 / (1.0 + np.exp(-x)),
+    "relu": lambda x: np.maximum(x, 0.0),
+    "linear": lambda x: x,
+    None: lambda x: x,
+}
+
+
+def sigmoid(x):
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+def layer_norm(x, gamma, beta, eps=1e-3):
+    mean = x.mean(-1, keepdims=True)
+    var = x.var(-1, keepdims=True)
+    return (x - mean) / np.sqrt(var + eps) * gamma + beta
+
+
+def feedback_step(w, x, h, carry, c, cfg):
+    """One step; ``w`` maps weight names to arrays, ``cfg`` the layer options."""
+    act = ACTIVATIONS[cfg.get("activation", "tanh")]
+    rec_act = ACTIVATIONS[cfg.get("recurrent_activation", "sigmoid")]
+    fb_act = ACTIVATIONS[cfg.get("feedback_activation", "sigmoid")]
+    out_act = ACTIVATIONS[cfg.get("output_activation")]
+    core, units = cfg["core"], cfg["units"]
+    fb = cfg["feedback_units"]
+    bias = w.get("bias")
+    xin = x @ w["kernel"]
+    if fb:
+        xin = xin + c @ w["feedback_recurrent_kernel"]
+    rec = h @ w["recurrent_kernel"]
+    new_carry = None
+    if core == "simple":
+        h_new = act(xin + rec + (bias if bias is not None else 0))
+    elif core == "gru":
+        if bias is not None:
+            xin = xin + bias[0]
+            rec = rec + bias[1]
+        xz, xr, xh = np.split(xin, 3, axis=-1)
+        rz, rr, rh = np.split(rec, 3, axis=-1)
+        z = rec_act(xz + rz)
+        r = rec_act(xr + rr)
+        cand = act(xh + r * rh)
+        h_new = z * h + (1 - z) * cand
+    else:
+        pre = xin + rec + (bias if bias is not None else 0)
+        i, f, g, o = np.split(pre, 4, axis=-1)
+        new_carry = rec_act(f) * carry + rec_act(i) * act(g)
+        h_new = rec_act(o) * act(new_carry)
+    if cfg.get("layer_norm"):
+        h_new = layer_norm(h_new, w["layer_norm_gamma"], w["layer_norm_beta"])
+    if cfg.get("residual"):
+        h_new = h + h_new
+    c_new = None
+    readout = [h_new]
+    if fb:
+        c_new = fb_act(h_new @ w["feedback_kernel"] + w.get("feedback_bias", 0))
+        readout.append(c_new)
+    alpha = None
+    gated = h_new
+    if cfg.get("attention"):
+        alpha = sigmoid(
+            np.concatenate(readout, -1) @ w["attention_kernel"]
+            + w.get("attention_bias", 0)
+        )
+        gated = alpha * h_new
+    y = gated
+    if cfg.get("output_units"):
+        read = np.concatenate([gated] + readout[1:], -1)
+        y = out_act(read @ w["output_kernel"] + w.get("output_bias", 0))
+    return y, h_new, new_carry, c_new, alpha
+
+
+def feedback_sequence(w, xs, cfg, mask=None, initial=None, go_backwards=False):
+    """Runs the cell over ``xs`` (B, T, D); returns outputs, final states, trace."""
+    batch, steps, _ = xs.shape
+    units, fb = cfg["units"], cfg["feedback_units"]
+    if initial is None:
+        h = np.zeros((batch, units))
+        carry = np.zeros((batch, units)) if cfg["core"] == "lstm" else None
+        c = np.zeros((batch, fb)) if fb else None
+    else:
+        initial = list(initial)
+        h = initial.pop(0)
+        carry = initial.pop(0) if cfg["core"] == "lstm" else None
+        c = initial.pop(0) if fb else None
+    order = range(steps - 1, -1, -1) if go_backwards else range(steps)
+    outputs, trace = [], {"h": [], "c": [], "alpha": []}
+    y_prev = np.zeros((batch, cfg.get("output_units") or units))
+    alpha_prev = np.zeros((batch, units))
+    for t in order:
+        y, h2, carry2, c2, alpha = feedback_step(w, xs[:, t], h, carry, c, cfg)
+        if mask is not None:
+            keep = mask[:, t][:, None]
+            y = np.where(keep, y, y_prev)
+            h2 = np.where(keep, h2, h)
+            carry2 = None if carry is None else np.where(keep, carry2, carry)
+            c2 = None if c is None else np.where(keep, c2, c)
+            alpha = None if alpha is None else np.where(keep, alpha, alpha_prev)
+        h, carry, c, y_prev = h2, carry2, c2, y
+        if alpha is not None:
+            alpha_prev = alpha
+        outputs.append(y)
+        trace["h"].append(h)
+        trace["c"].append(c)
+        trace["alpha"].append(alpha)
+    states = [s for s in (h, carry, c) if s is not None]
+    trace = {
+        k: np.stack(v, 1) for k, v in trace.items() if v and v[0] is not None
+    }
+    return np.stack(outputs, 1), states, trace
