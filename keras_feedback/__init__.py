@@ -10,6 +10,9 @@ from keras_feedback import _backend_check
 _backend_check.require_tensorflow_backend()
 
 from keras_feedback import activations  # noqa: E402
+from keras_feedback import datasets  # noqa: E402
+from keras_feedback import export  # noqa: E402
 from keras_feedback import layers  # noqa: E402
+from keras_feedback import training  # noqa: E402
 
-__all__ = ["__version__", "activations", "layers"]
+__all__ = ["__version__", "activations", "datasets", "export", "layers", "training"]

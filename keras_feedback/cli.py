@@ -11,7 +11,12 @@ import sys
 
 from keras_feedback.version import __version__
 
-SUBCOMMANDS = {}
+SUBCOMMANDS = {
+    "export": "keras_feedback._commands.export",
+    "demo": "keras_feedback._commands.demo",
+    "train": "keras_feedback._commands.train",
+    "diagnose": "keras_feedback._commands.diagnose",
+}
 
 
 def build_parser():

@@ -118,9 +118,9 @@ def test_elementwise_names():
     assert {"relu", "sigmoid", "tanh", "hard_sigmoid", "linear"} <= set(
         elementwise
     )
-    assert set(elementwise) == set(_registry.builtin_names()) - set(
-        NON_ELEMENTWISE
-    )
+    assert set(elementwise) == (
+        set(_registry.builtin_names()) - set(NON_ELEMENTWISE)
+    ) | {"lisht", "snake"}
 
 
 def test_required_options_table_is_complete():
@@ -422,12 +422,14 @@ def test_derivative_wrong_type():
 
 
 def test_public_api():
-    assert sorted(activations.__all__) == [
-        "derivative",
-        "deserialize",
-        "get",
-        "serialize",
-    ]
+    assert sorted(activations.__all__) == sorted(
+        [
+            "APL", "LearnableActivation", "PReLU", "Pade",
+            "ParametricActivation", "PureActivation", "RReLU", "Snake", "Swish",
+            "derivative", "deserialize", "get", "lisht", "pade_coefficients",
+            "rrelu", "search", "serialize", "snake",
+        ]
+    )
     from keras_feedback._api import PUBLIC_SYMBOLS
 
     for name in activations.__all__:

@@ -15,6 +15,14 @@ lstm) the parameters are:
     attention_kernel (H+F, H), attention_bias (H)  W_α, b_α
     output_kernel (H+F, O), output_bias (O)        W_y, b_y
     layer_norm_gamma (H), layer_norm_beta (H)
+    activation, recurrent_activation, feedback_activation, output_activation:
+        for a parametric activation only, the dict of its tensors
+        (``keras_feedback.activations.ParametricActivation``); the spec then
+        holds its ``PureActivation``, called as ``pure(params[slot], x)``
+
+Every matmul of ``step`` goes through ``linear``, which convolves instead when
+a kernel is a convolution kernel ``(kh, kw, in, out)``: the convolutional cell
+(``_conv_feedback_math``) is this same step on ``(B, H, W, C)`` maps.
 """
 
 import dataclasses
@@ -23,6 +31,8 @@ from typing import Callable
 from typing import Optional
 
 import tensorflow as tf
+
+from keras_feedback.activations._learnable import PureActivation
 
 CORES = ("simple", "gru", "lstm")
 GATES = {"simple": 1, "gru": 3, "lstm": 4}
@@ -98,6 +108,15 @@ def project_inputs(spec, params, inputs):
     return projected
 
 
+def linear(x, kernel):
+    """``x`` times a dense kernel ``(in, out)``; or, for a convolution kernel
+    ``(kh, kw, in, out)``, its stride-1 ``"same"`` convolution of the
+    channels-last maps ``x``."""
+    if kernel.shape.rank == 4:
+        return tf.nn.conv2d(x, kernel, strides=1, padding="SAME")
+    return tf.matmul(x, kernel)
+
+
 def _layer_norm(spec, params, x):
     dtype = x.dtype
     x32 = tf.cast(x, tf.float32)
@@ -118,7 +137,7 @@ def _split_states(spec, states):
 def _core(spec, params, projected, h_prev, carry, recurrent_input):
     """The core update ``f``; returns (candidate h, new LSTM carry or None)."""
     units = spec.units
-    recurrent = tf.matmul(recurrent_input, params["recurrent_kernel"])
+    recurrent = linear(recurrent_input, params["recurrent_kernel"])
     if spec.core == "simple":
         return spec.activation(projected + recurrent), None
     if spec.core == "gru":
@@ -139,6 +158,28 @@ def _core(spec, params, projected, h_prev, carry, recurrent_input):
     return o * spec.activation(new_carry), new_carry
 
 
+ACTIVATION_SLOTS = (
+    "activation",
+    "recurrent_activation",
+    "feedback_activation",
+    "output_activation",
+)
+
+
+def bind_activations(spec, params):
+    """``spec`` with each ``PureActivation`` bound to ``params[slot]``.
+
+    A parametric activation's tensors travel in the params, under its slot
+    name, so that the step stays a pure function of its arguments.
+    """
+    bound = {
+        slot: functools.partial(getattr(spec, slot), params[slot])
+        for slot in ACTIVATION_SLOTS
+        if isinstance(getattr(spec, slot), PureActivation)
+    }
+    return dataclasses.replace(spec, **bound) if bound else spec
+
+
 def step(spec, params, projected, states, recurrent_mask=None):
     """One time step of the feedback cell.
 
@@ -154,9 +195,10 @@ def step(spec, params, projected, states, recurrent_mask=None):
         ``(y, new_states, trace)``: the output ``(B, output_size)``, the new
         state list, and a dict of the per-step ``h``, ``c``, ``alpha``.
     """
+    spec = bind_activations(spec, params)
     h_prev, carry, c_prev = _split_states(spec, states)
     if spec.feedback_units:
-        projected = projected + tf.matmul(c_prev, params["feedback_recurrent_kernel"])
+        projected = projected + linear(c_prev, params["feedback_recurrent_kernel"])
     recurrent_input = h_prev if recurrent_mask is None else h_prev * recurrent_mask
     h, new_carry = _core(spec, params, projected, h_prev, carry, recurrent_input)
     if spec.layer_norm:
@@ -167,7 +209,7 @@ def step(spec, params, projected, states, recurrent_mask=None):
     new_states = [h] if new_carry is None else [h, new_carry]
     readout = h
     if spec.feedback_units:
-        c = tf.matmul(h, params["feedback_kernel"])
+        c = linear(h, params["feedback_kernel"])
         if spec.use_bias:
             c = c + params["feedback_bias"]
         c = spec.feedback_activation(c)
@@ -176,7 +218,7 @@ def step(spec, params, projected, states, recurrent_mask=None):
         readout = tf.concat([h, c], axis=-1)
     output = h
     if spec.attention:
-        alpha = tf.matmul(readout, params["attention_kernel"])
+        alpha = linear(readout, params["attention_kernel"])
         if spec.use_bias:
             alpha = alpha + params["attention_bias"]
         alpha = tf.sigmoid(alpha)
@@ -186,7 +228,7 @@ def step(spec, params, projected, states, recurrent_mask=None):
             [output, trace["c"]], axis=-1
         )
     if spec.output_units:
-        output = tf.matmul(readout, params["output_kernel"])
+        output = linear(readout, params["output_kernel"])
         if spec.use_bias:
             output = output + params["output_bias"]
         output = spec.output_activation(output)

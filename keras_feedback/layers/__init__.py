@@ -1,6 +1,8 @@
 """Public layers of keras_feedback."""
 
+from keras_feedback.layers._conv_feedback import ConvFeedback2D
 from keras_feedback.layers._feedback import Feedback
 from keras_feedback.layers._feedback import FeedbackCell
+from keras_feedback.layers._feedback_loop import FeedbackLoop
 
-__all__ = ["Feedback", "FeedbackCell"]
+__all__ = ["ConvFeedback2D", "Feedback", "FeedbackCell", "FeedbackLoop"]

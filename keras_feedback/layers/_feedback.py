@@ -38,6 +38,55 @@ def _check_int(name, value, minimum, allow_none=False):
     return value
 
 
+def _step_form(activation):
+    """What the ``StepSpec`` holds: a parametric activation's pure function."""
+    if isinstance(activation, activations.ParametricActivation):
+        return activation.pure
+    return activation
+
+
+def _serialize_activation(activation):
+    config = activations.serialize(activation)
+    if isinstance(activation, activations.ParametricActivation):
+        # The cell builds it, in its own name scope, for the width it needs.
+        config.pop("build_config", None)
+    return config
+
+
+def _check_activations(cell):
+    """Refuses activations the step math cannot keep pure, or that do nothing."""
+    used = {
+        "feedback_activation": bool(cell.feedback_units),
+        "output_activation": bool(cell.output_units),
+    }
+    seen = {}
+    for slot in math.ACTIVATION_SLOTS:
+        act = getattr(cell, slot)
+        if isinstance(act, keras.layers.Layer) and not isinstance(
+            act, activations.ParametricActivation
+        ):
+            raise TypeError(
+                f"Argument `{slot}` is a Keras layer ({act!r}); the cell's step "
+                "cannot read layer weights. Use a keras_feedback.activations."
+                "ParametricActivation (PReLU, Swish, Snake, Pade, APL, RReLU)."
+            )
+        if not isinstance(act, activations.ParametricActivation):
+            continue
+        if not used.get(slot, True):
+            size = "feedback_units" if slot == "feedback_activation" else "output_units"
+            raise ValueError(
+                f"Argument `{slot}`={act!r} has no effect with "
+                f"{size}={getattr(cell, size)!r}"
+            )
+        if id(act) in seen:
+            raise ValueError(
+                f"Arguments `{seen[id(act)]}` and `{slot}` got the same "
+                f"activation instance {act!r}: pass a separate instance per "
+                "argument (each builds its own parameters)"
+            )
+        seen[id(act)] = slot
+
+
 def _check_rate(name, value):
     if not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
         raise ValueError(f"Argument `{name}` must be a float in [0, 1), got {value!r}")
@@ -71,7 +120,10 @@ class FeedbackCell(keras.layers.Layer):
         core: ``"simple"`` (Elman), ``"gru"`` or ``"lstm"``.
         activation: activation of the core (candidate for gru/lstm).
             Default ``"tanh"``. Any name ``keras_feedback.activations.get``
-            accepts, or a callable.
+            accepts, or a callable, or a learnable activation instance
+            (``keras_feedback.activations.Pade("relu")``, ...: the cell
+            builds its parameters for the width the activation is applied
+            to, after its own weights).
         recurrent_activation: activation of the gru/lstm gates. Default
             ``"sigmoid"``.
         feedback_activation: activation ``σ`` of the feedback signal.
@@ -193,6 +245,7 @@ class FeedbackCell(keras.layers.Layer):
         self.recurrent_dropout = recurrent_dropout
         self.seed = seed
         self.seed_generator = keras.random.SeedGenerator(seed)
+        _check_activations(self)
         self.spec = math.StepSpec(
             core=core,
             units=units,
@@ -202,10 +255,10 @@ class FeedbackCell(keras.layers.Layer):
             residual=self.residual,
             layer_norm=self.layer_norm,
             use_bias=self.use_bias,
-            activation=self.activation,
-            recurrent_activation=self.recurrent_activation,
-            feedback_activation=self.feedback_activation,
-            output_activation=self.output_activation,
+            activation=_step_form(self.activation),
+            recurrent_activation=_step_form(self.recurrent_activation),
+            feedback_activation=_step_form(self.feedback_activation),
+            output_activation=_step_form(self.output_activation),
         )
         self.state_size = self.spec.state_size
         self.output_size = self.spec.output_size
@@ -279,32 +332,82 @@ class FeedbackCell(keras.layers.Layer):
             self.layer_norm_beta = self.add_weight(
                 name="layer_norm_beta", shape=(units,), initializer="zeros"
             )
+        # A sub-layer's weights come after the cell's own in `weights`.
+        for slot, (act, width) in self._parametric_activations().items():
+            if not act.built:
+                act.build((None, width))
+            elif getattr(act, "per_unit", False) and act.units != width:
+                raise ValueError(
+                    f"Argument `{slot}`: {act!r} was built for {act.units} "
+                    f"units, but the cell applies it to {width}"
+                )
         self.input_spec = keras.InputSpec(min_ndim=2, axes={-1: features})
 
     # --- what the engine needs -------------------------------------------
 
-    def _param_variables(self):
-        return {v.name: v for v in self.weights}
-
-    def step_params(self):
-        """The parameters of the step math, as ``compute_dtype`` tensors."""
-        dtype = self.compute_dtype
+    def _parametric_activations(self):
+        """slot -> (activation, width it is applied to), parametric ones only."""
+        widths = {
+            "activation": self.units,
+            "recurrent_activation": self.units,
+            "feedback_activation": self.feedback_units,
+            "output_activation": self.output_units,
+        }
         return {
+            slot: (getattr(self, slot), width)
+            for slot, width in widths.items()
+            if isinstance(getattr(self, slot), activations.ParametricActivation)
+        }
+
+    def _param_variables(self):
+        """The cell's own weights by name (not its activations')."""
+        owned = {
+            id(v)
+            for act, _ in self._parametric_activations().values()
+            for v in act.weights
+        }
+        return {v.name: v for v in self.weights if id(v) not in owned}
+
+    def step_params(self, training=False, batch_size=None):
+        """The parameters of the step math, as ``compute_dtype`` tensors.
+
+        The cell's weights by name; a parametric activation's tensors under
+        its slot (``"activation"``, ...), with, when ``training`` and
+        ``batch_size`` are given, its training noise drawn for
+        ``(batch_size, width)`` from the cell's seed generator.
+        """
+        dtype = self.compute_dtype
+        params = {
             name: tf.cast(variable.value, dtype)
             for name, variable in self._param_variables().items()
         }
+        for slot, (act, width) in self._parametric_activations().items():
+            noise_shape = None
+            if training and batch_size is not None:
+                noise_shape = [batch_size, width]
+            params[slot] = act.step_params(dtype, noise_shape, self.seed_generator)
+        return params
 
     @property
     def feedback_weights(self):
-        """The weights of the feedback part: ``W_c``, ``b_c``, ``U_c``, ``W_α``, ``b_α``."""
-        return [v for n, v in self._param_variables().items() if n in _FEEDBACK_PARAMS]
+        """The weights of the feedback part.
+
+        ``W_c``, ``b_c``, ``U_c``, ``W_α``, ``b_α`` and the parameters of a
+        learnable feedback activation.
+        """
+        weights = [
+            v for n, v in self._param_variables().items() if n in _FEEDBACK_PARAMS
+        ]
+        act = self.feedback_activation
+        if isinstance(act, activations.ParametricActivation) and self.feedback_units:
+            weights.extend(act.weights)
+        return weights
 
     @property
     def feedforward_weights(self):
         """Every weight that is not in ``feedback_weights``."""
-        return [
-            v for n, v in self._param_variables().items() if n not in _FEEDBACK_PARAMS
-        ]
+        feedback = {id(v) for v in self.feedback_weights}
+        return [v for v in self.weights if id(v) not in feedback]
 
     def input_dropout_mask(self, inputs, training):
         """A dropout mask of ``inputs``' shape, or None when inactive."""
@@ -326,7 +429,7 @@ class FeedbackCell(keras.layers.Layer):
 
     def call(self, inputs, states, training=False):
         states = tf.nest.flatten(states)
-        params = self.step_params()
+        params = self.step_params(training, tf.shape(inputs)[0])
         mask = self.input_dropout_mask(inputs, training)
         if mask is not None:
             inputs = inputs * mask
@@ -348,11 +451,11 @@ class FeedbackCell(keras.layers.Layer):
             "units": self.units,
             "feedback_units": self.feedback_units,
             "core": self.core,
-            "activation": activations.serialize(self.activation),
-            "recurrent_activation": activations.serialize(self.recurrent_activation),
-            "feedback_activation": activations.serialize(self.feedback_activation),
+            "activation": _serialize_activation(self.activation),
+            "recurrent_activation": _serialize_activation(self.recurrent_activation),
+            "feedback_activation": _serialize_activation(self.feedback_activation),
             "output_units": self.output_units,
-            "output_activation": activations.serialize(self.output_activation),
+            "output_activation": _serialize_activation(self.output_activation),
             "attention": self.attention,
             "residual": self.residual,
             "layer_norm": self.layer_norm,
@@ -572,7 +675,7 @@ class Feedback(keras.layers.Layer):
             states = self._check_states(
                 initial_state, sequences.shape[0], "initial_state"
             )
-        params = cell.step_params()
+        params = cell.step_params(training, batch)
         dropout_mask = cell.input_dropout_mask(sequences[:, :1], training)
         if dropout_mask is not None:
             sequences = sequences * dropout_mask

@@ -1,0 +1,181 @@
+"""Iterative feedback on images: a small conv block run K times on its own output.
+
+A ``FeedbackLoop`` runs one small convolutional block (conv -> features ->
+pooling -> classifier) for ``--iterations`` iterations with shared weights;
+from the second iteration on, the block also reads its own feature maps of
+the iteration before. Every iteration predicts the class; training supervises
+all of them (``IterationLoss``), and the script prints the test accuracy at
+every iteration: later iterations see further and do better.
+
+Data: a built-in synthetic task by default (noisy line shapes on 8x8 images,
+generated locally), or ``mnist`` / ``cifar10`` from TFDS when prepared in
+``--data-dir`` (``tfds build mnist --data_dir DIR`` on a machine with network
+access).
+
+    python examples/iterative_feedback_images.py
+    python examples/iterative_feedback_images.py --staged
+    python examples/iterative_feedback_images.py --dataset mnist --data-dir DIR
+"""
+
+import argparse
+
+import keras
+import numpy as np
+
+import keras_feedback
+from keras_feedback.training._synthetic_images import synthetic_images
+
+DATASETS = ("synthetic", "mnist", "cifar10")
+
+
+def load_data(name, data_dir, max_examples, seed=0):
+    """``(x_train, y_train), (x_test, y_test), num_classes`` as numpy arrays."""
+    if name == "synthetic":
+        count = max_examples or 4000
+        train = synthetic_images(count, seed=seed)
+        test = synthetic_images(max(count // 4, 50), seed=seed + 1)
+        return train, test, 5
+    splits = []
+    for split in ("train", "test"):
+        cut = "" if max_examples is None else f"[:{max_examples}]"
+        dataset, builder = keras_feedback.datasets.load_raw(
+            name, split + cut, data_dir=data_dir, as_supervised=True
+        )
+        images, labels = [], []
+        for image, label in dataset.as_numpy_iterator():
+            images.append(image)
+            labels.append(label)
+        images = np.stack(images).astype("float32") / 255.0
+        splits.append((images, np.asarray(labels, "int32")))
+    num_classes = builder.info.features["label"].num_classes
+    return splits[0], splits[1], num_classes
+
+
+def build_model(image_shape, num_classes, iterations, filters, feedback):
+    """Input -> FeedbackLoop(block) -> (batch, iterations, num_classes) logits."""
+    channels = image_shape[-1]
+    in_channels = channels + filters if feedback == "concat" else channels
+    block_input = keras.Input(image_shape[:-1] + (in_channels,))
+    h = keras.layers.Conv2D(
+        filters, 3, padding="same", activation="relu", name="features"
+    )(block_input)
+    pooled = keras.layers.GlobalMaxPooling2D()(h)
+    logits = keras.layers.Dense(num_classes, name="classifier")(pooled)
+    block = keras.Model(block_input, logits, name="block")
+    # The top-down pathway has weights of its own (the feedback part that
+    # staged training trains separately): a 1x1 convolution of the features,
+    # to the input's channels for "add" and "gate".
+    projection = keras.layers.Conv2D(
+        filters if feedback == "concat" else channels, 1, name="projection"
+    )
+    inputs = keras.Input(image_shape)
+    loop = keras_feedback.layers.FeedbackLoop(
+        block,
+        iterations,
+        feedback=feedback,
+        feedback_from="features",
+        projection=projection,
+        return_iterations=True,
+        name="feedback_loop",
+    )
+    return keras.Model(inputs, loop(inputs))
+
+
+def iteration_accuracies(model, x, y, batch_size=256):
+    """Accuracy of the prediction at every iteration."""
+    logits = model.predict(x, batch_size=batch_size, verbose=0)
+    return [
+        float(np.mean(np.argmax(logits[:, k], -1) == y)) for k in range(logits.shape[1])
+    ]
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dataset", choices=DATASETS, default="synthetic")
+    parser.add_argument("--data-dir", default=None, help="TFDS data folder")
+    parser.add_argument(
+        "--max-examples",
+        type=int,
+        default=None,
+        help="use at most this many training images",
+    )
+    parser.add_argument("--iterations", type=int, default=3)
+    parser.add_argument("--filters", type=int, default=8)
+    parser.add_argument(
+        "--feedback", choices=("concat", "add", "gate"), default="concat"
+    )
+    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--learning-rate", type=float, default=3e-3)
+    parser.add_argument(
+        "--aux-weight",
+        type=float,
+        default=1.0,
+        help="λ, weight of the per-iteration losses",
+    )
+    parser.add_argument(
+        "--staged",
+        action="store_true",
+        help="train feedforward (loop off), then feedback, then all",
+    )
+    parser.add_argument("--jit", action="store_true", help="compile with XLA")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+
+    keras.utils.set_random_seed(args.seed)
+    (x, y), (x_test, y_test), num_classes = load_data(
+        args.dataset, args.data_dir, args.max_examples, args.seed
+    )
+    print(
+        f"{args.dataset}: {len(x)} training and {len(x_test)} test images "
+        f"{x.shape[1:]}, {num_classes} classes"
+    )
+    model = build_model(
+        x.shape[1:], num_classes, args.iterations, args.filters, args.feedback
+    )
+    metrics = [
+        keras_feedback.training.IterationMetric("sparse_categorical_accuracy", k)
+        for k in range(args.iterations)
+    ]
+    model.compile(
+        keras.optimizers.Adam(args.learning_rate),
+        loss=keras_feedback.training.IterationLoss(
+            keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+            aux_weight=args.aux_weight,
+        ),
+        metrics=metrics,
+        jit_compile=args.jit,
+    )
+    before = iteration_accuracies(model, x_test, y_test)
+    fit = dict(batch_size=args.batch_size, verbose=2)
+    if args.staged:
+        third = max(args.epochs // 3, 1)
+        keras_feedback.training.staged_fit(
+            model,
+            [
+                {"train": "feedforward", "epochs": third, "loop": False},
+                {"train": "feedback", "epochs": third},
+                {
+                    "train": "all",
+                    "epochs": max(args.epochs - 2 * third, 1),
+                    "learning_rate": args.learning_rate / 3,
+                },
+            ],
+            x,
+            y,
+            **fit,
+        )
+    else:
+        model.fit(x, y, epochs=args.epochs, **fit)
+    after = iteration_accuracies(model, x_test, y_test)
+    print("test accuracy per iteration:")
+    for k, (a, b) in enumerate(zip(before, after), start=1):
+        print(f"  iteration {k}: {b:.3f}  (before training {a:.3f})")
+    return {"accuracy_before": before, "accuracy": after}
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except keras_feedback.datasets.DatasetNotPreparedError as error:
+        raise SystemExit(str(error))

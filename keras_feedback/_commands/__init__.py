@@ -1,0 +1,1 @@
+"""Modules of the ``keras-feedback`` subcommands (see ``keras_feedback.cli``)."""

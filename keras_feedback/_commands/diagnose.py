@@ -1,0 +1,128 @@
+"""``keras-feedback diagnose``: vanishing or exploding gradients through time?
+
+Loads a saved ``.keras`` model, takes one batch of data and prints, for its
+Feedback layer, ``‖∂L/∂h_t‖`` per time step, the step Jacobian norms and a
+verdict: the figures of ``keras_feedback.training.GradientFlow.measure``.
+
+    keras-feedback diagnose model.keras --data adding_problem/T100
+    keras-feedback diagnose model.keras --data batch.npz --loss mse
+"""
+
+import json
+import os
+
+import numpy as np
+
+HELP = (
+    "Measure the gradient flow through time of a saved feedback model on a "
+    "batch of data and print a vanishing/exploding verdict."
+)
+_TABLE_ROWS = 12
+
+
+def add_arguments(parser):
+    parser.add_argument("model", help="the saved model (.keras)")
+    parser.add_argument(
+        "--data",
+        required=True,
+        help="a .npz file with arrays x and y (or inputs and targets, or its "
+        "first two arrays), or a TFDS name such as adding_problem/T100",
+    )
+    parser.add_argument("--split", default="test", help="TFDS split (default: test)")
+    parser.add_argument("--data-dir", default=None, help="TFDS data directory")
+    parser.add_argument(
+        "--batch-size", type=int, default=32, help="examples in the batch (default 32)"
+    )
+    parser.add_argument("--layer", default=None, help="name of the Feedback layer")
+    parser.add_argument(
+        "--loss", default=None, help="loss when the model was saved uncompiled"
+    )
+    parser.add_argument(
+        "--no-jacobian",
+        action="store_true",
+        help="skip the step Jacobian norms",
+    )
+    parser.add_argument("--json", default=None, help="also write the figures here")
+
+
+def _npz(path, batch_size):
+    with np.load(path) as archive:
+        keys = list(archive.keys())
+        for x_key, y_key in (("x", "y"), ("inputs", "targets")):
+            if x_key in archive and y_key in archive:
+                break
+        else:
+            if len(keys) < 2:
+                raise ValueError(
+                    f"Argument `--data`: {path!r} must hold two arrays (x, y), "
+                    f"got {keys}"
+                )
+            x_key, y_key = keys[:2]
+        return archive[x_key][:batch_size], archive[y_key][:batch_size]
+
+
+def _batch(args):
+    if args.batch_size < 1:
+        raise ValueError(
+            f"Argument `--batch-size` must be a positive integer, got {args.batch_size}"
+        )
+    if args.data.endswith(".npz"):
+        if not os.path.isfile(args.data):
+            raise ValueError(f"Argument `--data`: no file at {args.data!r}")
+        return _npz(args.data, args.batch_size)
+    import keras_feedback
+
+    dataset, _ = keras_feedback.datasets.load(
+        args.data, args.split, data_dir=args.data_dir, batch_size=args.batch_size
+    )
+    x, y = next(iter(dataset.take(1)))
+    return x.numpy(), y.numpy()
+
+
+def _table(report):
+    norms, jac = report.gradient_norms, report.jacobian_norms
+    steps = len(norms)
+    shown = sorted(set(np.linspace(0, steps - 1, min(steps, _TABLE_ROWS)).astype(int)))
+    lines = ["     t | |dL/dh_t|   | |ds_t/ds_t-1|"]
+    for t in shown:
+        j = "-" if jac is None else f"{jac[t]:.4g}"
+        lines.append(f"{t:>6} | {norms[t]:<11.4g} | {j}")
+    return "\n".join(lines)
+
+
+def run(args):
+    import keras
+
+    import keras_feedback
+
+    if not os.path.isfile(args.model):
+        print(f"error: no model file at {args.model!r}")
+        return 2
+    model = keras.saving.load_model(args.model)
+    try:
+        x, y = _batch(args)
+        report = keras_feedback.training.GradientFlow.measure(
+            model, x, y, layer=args.layer, jacobian=not args.no_jacobian, loss=args.loss
+        )
+    except (ValueError, TypeError) as error:
+        print(f"error: {error}")
+        return 2
+    print(f"model: {args.model} ({model.name}), batch of {len(x)} from {args.data}")
+    print(_table(report))
+    print(report.summary())
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(
+                {
+                    "gradient_norms": report.gradient_norms.tolist(),
+                    "jacobian_norms": None
+                    if report.jacobian_norms is None
+                    else report.jacobian_norms.tolist(),
+                    "ratio": report.ratio,
+                    "rate": report.rate,
+                    "verdict": report.verdict,
+                },
+                f,
+                indent=2,
+            )
+    return 0

@@ -1,0 +1,251 @@
+"""``keras-feedback export``: SavedModel and LiteRT export, verified.
+
+Loads a ``.keras`` model, writes a SavedModel in TF Serving's layout and/or a
+LiteRT file, reloads each, runs it on random inputs (a seeded batch of
+``--time`` steps) and prints a table of the parity errors against the Keras
+model, the sizes and the latency per time step. Exits with status 1 when an
+export is further from Keras than its tolerance.
+"""
+
+import os
+
+import numpy as np
+
+HELP = (
+    "Export a .keras model as a SavedModel (TF Serving: serving_default, "
+    "step, initial_state) and/or a LiteRT file, and verify both."
+)
+
+QUANTIZATIONS = ("float16", "dynamic_range", "int8")
+# Max error relative to the largest |Keras output| an export may have: float
+# exports run the same float32 math; float16 rounds the weights; dynamic
+# range also quantises activations to int8 on the fly at every step. int8 is
+# reported, not checked, unless --tolerance is given.
+TOLERANCES = {None: 1e-4, "float16": 1e-2, "dynamic_range": 5e-2, "int8": None}
+
+
+def add_arguments(parser):
+    parser.add_argument("model", help="the .keras model file to export")
+    parser.add_argument(
+        "--saved-model",
+        metavar="DIR",
+        help="TF Serving base folder: writes DIR/VERSION/ (a SavedModel)",
+    )
+    parser.add_argument(
+        "--version", type=int, default=1, help="SavedModel version folder (1)"
+    )
+    parser.add_argument("--litert", metavar="FILE", help="the .tflite file to write")
+    parser.add_argument(
+        "--quantize",
+        choices=QUANTIZATIONS,
+        help="LiteRT quantisation (int8 needs --streaming and "
+        "--representative-data)",
+    )
+    parser.add_argument(
+        "--streaming",
+        action="store_true",
+        help="write the LiteRT step model (explicit states) instead of the "
+        "whole-sequence one",
+    )
+    parser.add_argument(
+        "--representative-data",
+        metavar="FILE",
+        help="int8 calibration sequences: a .npy array (batch, time, ...) or "
+        "a .npz with one array per model input",
+    )
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace existing outputs"
+    )
+    parser.add_argument(
+        "--batch", type=int, default=2, help="batch of the check inputs (2)"
+    )
+    parser.add_argument(
+        "--time", type=int, default=16, help="time steps of the check inputs (16)"
+    )
+    parser.add_argument("--seed", type=int, default=0, help="check inputs seed (0)")
+    parser.add_argument(
+        "--tolerance",
+        type=float,
+        help="max error relative to the largest |Keras output| allowed for "
+        "every export (default: 1e-4 float, 1e-2 float16, 5e-2 dynamic "
+        "range, int8 not checked)",
+    )
+
+
+def check_inputs(plan, batch, time, seed):
+    """Seeded inputs for every model input: normal floats, prefix masks for
+    boolean inputs, small integers (token ids) for integer inputs."""
+    rng = np.random.default_rng(seed)
+    inputs = {}
+    for name, spec in plan.input_specs.items():
+        shape = [batch] + [time if d is None else d for d in spec.shape[1:]]
+        dtype = spec.dtype.as_numpy_dtype
+        if spec.dtype.is_bool:
+            lengths = rng.integers(1, shape[1] + 1, size=batch)
+            value = np.arange(shape[1])[None, :] < lengths[:, None]
+            value = np.broadcast_to(
+                value.reshape(value.shape + (1,) * (len(shape) - 2)), shape
+            )
+        elif spec.dtype.is_integer:
+            value = rng.integers(0, 2, size=shape)
+        else:
+            value = rng.normal(size=shape)
+        inputs[name] = np.ascontiguousarray(value, dtype=dtype)
+    return inputs
+
+
+def _load_representative(path):
+    if path is None:
+        return None
+    data = np.load(path)
+    if isinstance(data, np.ndarray):
+        return data
+    return {name: data[name] for name in data.files}
+
+
+def _size(nbytes):
+    for unit in ("B", "KiB", "MiB"):
+        if nbytes < 1024 or unit == "MiB":
+            return f"{nbytes:.0f} {unit}" if unit == "B" else f"{nbytes:.1f} {unit}"
+        nbytes /= 1024
+
+
+def _number(value, spec=".2e"):
+    return "-" if value is None else format(value, spec)
+
+
+def format_table(rows):
+    """Rows of dicts as a fixed-width text table."""
+    columns = [
+        ("export", "export"),
+        ("path", "path"),
+        ("size", "size"),
+        ("max_abs_error", "max abs err"),
+        ("max_rel_error", "max rel err"),
+        ("tolerance", "tolerance"),
+        ("step_latency_ms", "ms/step"),
+        ("status", "status"),
+    ]
+    cells = [[title for _, title in columns]]
+    for row in rows:
+        cells.append(
+            [
+                row["export"],
+                row["path"],
+                _size(row["size_bytes"]),
+                _number(row["max_abs_error"]),
+                _number(row["max_rel_error"]),
+                _number(row["tolerance"], ".0e"),
+                _number(row["step_latency_ms"], ".3f"),
+                row["status"],
+            ]
+        )
+    widths = [max(len(c[i]) for c in cells) for i in range(len(columns))]
+    lines = [
+        "  ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip()
+        for line in cells
+    ]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def _status(relative, tolerance):
+    if tolerance is None:
+        return "reported"
+    return "OK" if relative <= tolerance else "FAIL"
+
+
+def run(args):
+    import sys
+
+    try:
+        return _run(args)
+    except (TypeError, ValueError) as error:
+        print(f"keras-feedback export: error: {error}", file=sys.stderr)
+        return 2
+
+
+def _run(args):
+    import keras
+
+    from keras_feedback import export
+    from keras_feedback.export import _trace
+
+    if not args.saved_model and not args.litert:
+        raise SystemExit(
+            "keras-feedback export: give --saved-model DIR and/or --litert FILE"
+        )
+    if args.quantize and not args.litert:
+        raise SystemExit("keras-feedback export: --quantize applies to --litert FILE")
+    if not os.path.isfile(args.model):
+        raise SystemExit(f"keras-feedback export: no model file {args.model!r}")
+    model = keras.saving.load_model(args.model, compile=False)
+    plan = _trace.ExportPlan(model)
+    inputs = check_inputs(plan, args.batch, args.time, args.seed)
+    rows = []
+    if args.saved_model:
+        path = export.export_saved_model(
+            model, args.saved_model, version=args.version, overwrite=args.overwrite
+        )
+        report = export.verify_saved_model(
+            model, args.saved_model, inputs, version=args.version
+        )
+        tolerance = TOLERANCES[None] if args.tolerance is None else args.tolerance
+        steps = inputs[plan.input_names[0]].shape[1]
+        rows.append(
+            {
+                "export": "SavedModel serving_default",
+                "path": path,
+                "size_bytes": report["size_bytes"],
+                "max_abs_error": report["serving_max_abs_error"],
+                "max_rel_error": report["serving_max_rel_error"],
+                "tolerance": tolerance,
+                "step_latency_ms": report["serving_latency_ms"] / steps,
+                "status": _status(report["serving_max_rel_error"], tolerance),
+            }
+        )
+        if report["step_max_abs_error"] is not None:
+            rows.append(
+                {
+                    "export": "SavedModel step",
+                    "path": path,
+                    "size_bytes": report["size_bytes"],
+                    "max_abs_error": report["step_max_abs_error"],
+                    "max_rel_error": report["step_max_rel_error"],
+                    "tolerance": tolerance,
+                    "step_latency_ms": report["step_latency_ms"],
+                    "status": _status(report["step_max_rel_error"], tolerance),
+                }
+            )
+    if args.litert:
+        path = export.export_litert(
+            model,
+            args.litert,
+            quantization=args.quantize,
+            representative_data=_load_representative(args.representative_data),
+            streaming=args.streaming,
+            overwrite=args.overwrite,
+        )
+        report = export.verify_litert(model, path, inputs)
+        tolerance = args.tolerance
+        if tolerance is None:
+            tolerance = TOLERANCES[args.quantize]
+        kind = "step" if args.streaming else "sequence"
+        rows.append(
+            {
+                "export": f"LiteRT {kind} {args.quantize or 'float32'}",
+                "path": path,
+                "size_bytes": report["size_bytes"],
+                "max_abs_error": report["max_abs_error"],
+                "max_rel_error": report["max_rel_error"],
+                "tolerance": tolerance,
+                "step_latency_ms": report["step_latency_ms"],
+                "status": _status(report["max_rel_error"], tolerance),
+            }
+        )
+    print(format_table(rows))
+    print(
+        f"checked on {args.batch} random sequences of {args.time} steps "
+        f"(seed {args.seed}); errors relative to the largest |Keras output|"
+    )
+    return 1 if any(row["status"] == "FAIL" for row in rows) else 0

@@ -1,0 +1,186 @@
+"""The step math of the convolutional feedback cell.
+
+The cell is the feedback cell of ``_feedback_math`` on feature maps: every
+matmul of its step is a stride-1 ``"same"`` convolution (``_feedback_math.linear``
+convolves when a kernel is ``(kh, kw, in, out)``), so the gate arithmetic,
+the feedback signal, the attention gate and the output readout are the same
+code for both cells. Only the input projection differs: one convolution of
+every time step at once, with the layer's strides, padding and dilation.
+
+For state maps of ``height x width`` with ``F = filters``, ``Fc =
+feedback_filters``, ``O = output_filters`` and ``G`` gates, the parameters
+are those of ``_feedback_math`` with convolution kernels:
+
+    kernel (kh, kw, C, G*F), recurrent_kernel (kh, kw, F, G*F)
+    bias (G*F), or (2, G*F) for gru
+    feedback_recurrent_kernel (kh, kw, Fc, G*F)   U_c
+    feedback_kernel (kh, kw, F, Fc), feedback_bias (Fc)   W_c, b_c
+    attention_kernel (1, 1, F+Fc, F), attention_bias (F)  W_α, b_α (per pixel)
+    output_kernel (1, 1, F+Fc, O), output_bias (O)        W_y, b_y (per pixel)
+    layer_norm_gamma (F), layer_norm_beta (F)     over the channels of a pixel
+
+The engines carry ``(batch, size)`` vectors: ``make_step_fn`` gives them a
+step on flattened maps (``size = height * width * channels``), reshaped to
+``(batch, height, width, channels)`` inside the step, which XLA and LiteRT
+treat as free.
+"""
+
+import dataclasses
+import functools
+from typing import Tuple
+
+import tensorflow as tf
+
+from keras_feedback.cells import _feedback_math
+
+PADDINGS = ("valid", "same")
+
+
+@dataclasses.dataclass(frozen=True)
+class ConvStepSpec:
+    """Static description of a convolutional feedback cell.
+
+    ``cell`` is the ``_feedback_math.StepSpec`` of the step (``units`` are
+    the filters); ``height`` and ``width`` are those of the state maps.
+    """
+
+    cell: _feedback_math.StepSpec
+    height: int
+    width: int
+    kernel_size: Tuple[int, int]
+    strides: Tuple[int, int]
+    padding: str
+    dilation_rate: Tuple[int, int]
+
+    @property
+    def pixels(self):
+        return self.height * self.width
+
+    @property
+    def state_channels(self):
+        return list(self.cell.state_size)
+
+    @property
+    def state_size(self):
+        """Flat sizes of the state tensors, in order: h, (carry), (c)."""
+        return [self.pixels * n for n in self.cell.state_size]
+
+    @property
+    def output_channels(self):
+        return self.cell.output_size
+
+    @property
+    def output_size(self):
+        return self.pixels * self.cell.output_size
+
+    @property
+    def trace_channels(self):
+        return dict(self.cell.trace_sizes)
+
+    @property
+    def trace_sizes(self):
+        return {k: self.pixels * n for k, n in self.cell.trace_sizes.items()}
+
+
+def conv_output_length(length, kernel, stride, dilation, padding):
+    """Length of one spatial axis after the input convolution."""
+    if padding == "same":
+        return -(-length // stride)
+    span = dilation * (kernel - 1) + 1
+    return (length - span) // stride + 1
+
+
+def project_inputs(spec, params, inputs):
+    """The input convolution ``conv(x, W_x) + b`` (input part of the bias for gru).
+
+    Args:
+        spec: the ``ConvStepSpec``.
+        params: dict of parameter tensors.
+        inputs: ``(B, H, W, C)`` for one step, or ``(B, T, H, W, C)`` for all
+            steps at once (convolved as one ``(B*T, H, W, C)`` batch).
+
+    Returns:
+        The projected maps, ``(B, h, w, G*F)`` or ``(B, T, h, w, G*F)``.
+    """
+    kernel = params["kernel"]
+    sequence = inputs.shape.rank == 5
+    maps = tf.reshape(inputs, [-1, *inputs.shape[-3:]]) if sequence else inputs
+    projected = tf.nn.conv2d(
+        maps,
+        kernel,
+        strides=spec.strides,
+        padding=spec.padding.upper(),
+        dilations=spec.dilation_rate,
+    )
+    if spec.cell.use_bias:
+        bias = params["bias"]
+        projected = projected + (bias[0] if spec.cell.core == "gru" else bias)
+    if sequence:
+        lead = tf.shape(inputs)[:2]
+        projected = tf.reshape(projected, tf.concat([lead, tf.shape(projected)[1:]], 0))
+    return projected
+
+
+def step(spec, params, projected, states, recurrent_mask=None):
+    """One step on maps: ``_feedback_math.step`` with convolution kernels.
+
+    Args:
+        spec: the ``ConvStepSpec``.
+        params: dict of parameter tensors (convolution kernels).
+        projected: ``project_inputs`` of this step, ``(B, h, w, G*F)``.
+        states: list of ``(B, h, w, channels)`` state maps.
+        recurrent_mask: optional ``(B, h, w, F)`` recurrent dropout mask.
+
+    Returns:
+        ``(y, new_states, trace)`` as maps.
+    """
+    return _feedback_math.step(spec.cell, params, projected, states, recurrent_mask)
+
+
+def to_maps(spec, flat, channels):
+    """``(B, h*w*channels)`` -> ``(B, h, w, channels)``."""
+    return tf.reshape(flat, [-1, spec.height, spec.width, channels])
+
+
+def to_flat(maps):
+    """``(..., h, w, channels)`` maps -> ``(..., h*w*channels)`` vectors."""
+    size = maps.shape[-3] * maps.shape[-2] * maps.shape[-1]
+    return tf.reshape(maps, tf.concat([tf.shape(maps)[:-3], [size]], 0))
+
+
+@functools.lru_cache(maxsize=None)
+def make_step_fn(spec):
+    """The engine's step function for ``spec``, on flattened maps.
+
+    ``params`` is ``{"weights": ..., "recurrent_mask": ...}`` (the mask, a
+    ``(B, h, w, F)`` map, only when recurrent dropout is active). Cached, so
+    an engine sees one function per spec.
+    """
+    gate_channels = spec.cell.gates * spec.cell.units
+
+    def step_fn(params, projected, states):
+        states = [to_maps(spec, s, n) for s, n in zip(states, spec.state_channels)]
+        output, new_states, trace = step(
+            spec,
+            params["weights"],
+            to_maps(spec, projected, gate_channels),
+            states,
+            params.get("recurrent_mask"),
+        )
+        # One reshape per distinct tensor: the output and the traces are often
+        # the new states themselves, and the XLA engine's backward pass
+        # stores one cotangent for results that are the same tensor.
+        flat = {}
+
+        def once(maps):
+            if id(maps) not in flat:
+                flat[id(maps)] = to_flat(maps)
+            return flat[id(maps)]
+
+        return (
+            once(output),
+            [once(s) for s in new_states],
+            {k: once(v) for k, v in trace.items()},
+        )
+
+    return step_fn

@@ -1,0 +1,437 @@
+"""The fused recurrence: XLA-compiled forward loop, XLA-compiled backward loop.
+
+Same contract as ``keras_feedback.engine._reference.run``; it differs in how
+the loop runs and how it is differentiated:
+
+- the forward loop is one ``tf.function(jit_compile=True)``. It writes the
+  outputs and the state *entering* every step into preallocated time-major
+  tensors (``tensor_scatter_nd_update``, which XLA turns into an in-place
+  dynamic-update-slice); nothing is a TensorArray/TensorList;
+- a ``tf.custom_gradient`` replaces autodiff through the loop (which would
+  build TensorList accumulators XLA cannot size). Its backward pass is a
+  second compiled loop that runs time in reverse and, at every step,
+  recomputes the step from the saved entering state under a
+  ``tf.GradientTape`` and takes its vector-Jacobian product: the gradient of
+  the step's input goes into the ``(B, T, G)`` input gradient, the gradient
+  of its entering states to the previous step, the parameter gradients into
+  sums (float32 under mixed precision). It is generic over ``step_fn``: no
+  cell has a hand-written backward pass. The input kernel's gradient is one
+  large matmul of that input gradient, outside the engine (the layer
+  projects all steps at once).
+
+Masked steps, ``go_backwards``, traces, initial states and every parameter
+(a recurrent dropout mask included) get their gradients. XLA compiles each
+loop once per distinct input shape (batch, time); ``pad_time`` and
+``docs/engine.md`` say how to bound recompilations.
+"""
+
+import dataclasses
+import functools
+from typing import Callable
+from typing import Optional
+
+import tensorflow as tf
+
+_HALF = (tf.float16, tf.bfloat16)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Config:
+    """Everything static about one loop: the key of the compiled functions."""
+
+    step_fn: Callable
+    output_size: int
+    go_backwards: bool
+    return_sequences: bool
+    zero_output_for_mask: bool
+    traces: tuple  # ((name, size), ...) of the recorded per-step traces
+    steps: Optional[int]  # static time for unroll=True, else None
+
+
+def _write(buffer, t, value):
+    """``buffer[t] = value``; XLA makes it an in-place dynamic-update-slice."""
+    return tf.tensor_scatter_nd_update(buffer, [[t]], value[None])
+
+
+def _write_batch_major(buffer, t, value):
+    """``buffer[:, t] = value`` for a ``(B, T, k)`` buffer."""
+    batch = tf.range(tf.shape(value)[0])
+    indices = tf.stack([batch, tf.broadcast_to(t, tf.shape(batch))], axis=-1)
+    return tf.tensor_scatter_nd_update(buffer, indices, value)
+
+
+def _time_major(x):
+    return tf.transpose(x, [1, 0, 2])
+
+
+def _relaxed(shape):
+    """``shape`` with every axis but the last unknown."""
+    if not shape.rank:
+        return shape
+    return tf.TensorShape([None] * (shape.rank - 1) + shape[-1:])
+
+
+def _loop(num_steps, read, body, carry, buffers, index, steps=None, writers=None):
+    """Runs ``body`` for ``t`` in ``range(num_steps)``; returns carry, buffers.
+
+    ``read(t)`` slices step ``t``'s inputs out of whole-sequence tensors;
+    ``body(t, current, carry) -> (carry, values)``; ``values[k]`` is written
+    into ``buffers[k]`` at index ``index(t)[k]`` by ``writers[k]`` (default
+    ``_write``, along the first axis).
+
+    The while loop reads one step ahead and writes one step behind, carrying
+    the slices and the values: XLA:CPU does not vectorize an elementwise
+    fusion that also holds a dynamic slice or a dynamic-update-slice, and
+    fuses exactly those unless a loop boundary separates them (measured: a
+    GRU step ran 2.5x slower). ``steps`` (static) unrolls the loop instead.
+    """
+    buffers = list(buffers)
+    writers = writers or [_write] * len(buffers)
+
+    def write(buffers, indices, values):
+        return [w(b, i, v) for w, b, i, v in zip(writers, buffers, indices, values)]
+
+    if steps is not None:
+        for t in range(steps):
+            carry, values = body(t, read(t), carry)
+            buffers = write(buffers, index(t), values)
+        return carry, buffers
+
+    def iteration(t, current, carry, buffers, pending_index, pending):
+        buffers = write(buffers, pending_index, pending)
+        carry, values = body(t, current, carry)
+        ahead = read(tf.minimum(t + 1, num_steps - 1))
+        return t + 1, ahead, carry, buffers, indices(t), list(values)
+
+    def indices(t):
+        return [tf.convert_to_tensor(i, tf.int32) for i in index(t)]
+
+    # The first write (zeros at step 0's index) is overwritten a step later.
+    loop_vars = (
+        tf.constant(0),
+        read(0),
+        carry,
+        buffers,
+        indices(0),
+        [
+            tf.zeros_like(b[0] if w is _write else b[:, 0])
+            for w, b in zip(writers, buffers)
+        ],
+    )
+    # Static shapes can be sharper at t = 0 than for any t; XLA knows every
+    # shape when it compiles.
+    invariants = tf.nest.map_structure(lambda x: _relaxed(x.shape), loop_vars)
+
+    def shaped_iteration(*loop_vars):
+        loop_vars = iteration(*loop_vars)
+        for x, shape in zip(tf.nest.flatten(loop_vars), tf.nest.flatten(invariants)):
+            x.set_shape(shape)
+        return loop_vars
+
+    _, _, carry, buffers, pending_index, pending = tf.while_loop(
+        lambda t, *_: t < num_steps,
+        shaped_iteration,
+        loop_vars,
+        shape_invariants=invariants,
+    )
+    return carry, write(buffers, pending_index, pending)
+
+
+def _input_index(cfg, num_steps, t):
+    """The input time index that processing step ``t`` reads."""
+    return num_steps - 1 - t if cfg.go_backwards else t
+
+
+def _floating(leaves):
+    return [i for i, leaf in enumerate(leaves) if leaf.dtype.is_floating]
+
+
+def _accumulators(leaves, floating):
+    """Zero sums for the gradients of ``leaves[floating]``, float32 for halves."""
+    return [
+        tf.zeros_like(leaves[i], tf.float32 if leaves[i].dtype in _HALF else None)
+        for i in floating
+    ]
+
+
+def _forward(cfg, params, inputs, keep, states):
+    """The forward loop; also returns the state entering every step."""
+    num_steps = tf.shape(inputs)[1] if cfg.steps is None else cfg.steps
+    batch = tf.shape(inputs)[0]
+    dtype = inputs.dtype
+    trace_sizes = dict(cfg.traces)
+    states = list(states)
+
+    def zeros(size, time=False):
+        return tf.zeros([num_steps, batch, size] if time else [batch, size], dtype)
+
+    def read(t):
+        i = _input_index(cfg, num_steps, t)
+        return (inputs[:, i],) + (() if keep is None else (keep[:, i][:, None],))
+
+    def body(t, current, carry):
+        states, last_output, last_trace = carry
+        output, new_states, trace = cfg.step_fn(params, current[0], states)
+        new_states = list(new_states)
+        trace = {k: trace[k] for k in trace_sizes}
+        if keep is not None:
+            kept = current[1]
+            new_states = [tf.where(kept, n, o) for n, o in zip(new_states, states)]
+            held = tf.zeros_like(output) if cfg.zero_output_for_mask else last_output
+            output = tf.where(kept, output, held)
+            trace = {k: tf.where(kept, trace[k], last_trace[k]) for k in trace}
+        values = list(states)
+        if cfg.return_sequences:
+            values.append(output)
+        values += [trace[k] for k in trace_sizes]
+        return (new_states, output, trace), values
+
+    def index(t):
+        i = _input_index(cfg, num_steps, t)
+        return [i] * len(states) + [t] * (len(buffers) - len(states))
+
+    buffers = [zeros(tf.shape(s)[-1], time=True) for s in states]
+    if cfg.return_sequences:
+        buffers.append(zeros(cfg.output_size, time=True))
+    buffers += [zeros(n, time=True) for n in trace_sizes.values()]
+    carry = (
+        states,
+        zeros(cfg.output_size),
+        {k: zeros(n) for k, n in trace_sizes.items()},
+    )
+    (states, last_output, _), buffers = _loop(
+        num_steps, read, body, carry, buffers, index, cfg.steps
+    )
+    saved = buffers[: len(states)]
+    buffers = [_time_major(b) for b in buffers[len(states) :]]
+    outputs = buffers.pop(0) if cfg.return_sequences else None
+    traces = dict(zip(trace_sizes, buffers))
+    return outputs, last_output, list(states), traces, saved
+
+
+def _vjp(cfg, params, x, states, cotangents):
+    """Recomputes one step and pulls ``cotangents`` back to its arguments.
+
+    ``cotangents`` is ``(d_output, d_new_states, d_traces)`` (``d_traces``
+    aligned with ``cfg.traces``). Returns ``(d_x, d_states, d_params)``;
+    ``d_params`` is a list over the floating leaves of ``params``.
+    """
+    leaves = tf.nest.flatten(params)
+    floating = _floating(leaves)
+    # Fresh identities: the tape must watch the tensors the step really uses
+    # (inside a loop body, outer tensors are replaced by captures).
+    leaves = [
+        tf.identity(leaf) if i in floating else leaf for i, leaf in enumerate(leaves)
+    ]
+    x = tf.identity(x)
+    states = [tf.identity(s) for s in states]
+    sources = [x, states, [leaves[i] for i in floating]]
+    with tf.GradientTape(watch_accessed_variables=False) as tape:
+        tape.watch(tf.nest.flatten(sources))
+        output, new_states, trace = cfg.step_fn(
+            tf.nest.pack_sequence_as(params, leaves), x, states
+        )
+    d_output, d_new_states, d_traces = cotangents
+    return tape.gradient(
+        [output] + list(new_states) + [trace[k] for k, _ in cfg.traces],
+        sources,
+        output_gradients=[d_output] + list(d_new_states) + list(d_traces),
+        unconnected_gradients=tf.UnconnectedGradients.ZERO,
+    )
+
+
+def _backward(cfg, params, inputs, keep, states, saved, grads):
+    """The reverse-time loop: gradients of inputs, initial states and params.
+
+    Step ``t``'s VJP gives the gradient of its input ``x_t`` (written into
+    the input gradient), of its entering states (carried to step ``t - 1``)
+    and of the parameters (summed in float32 under mixed precision).
+    """
+    g_outputs, g_last, g_states, g_traces = grads
+    num_steps = tf.shape(inputs)[1] if cfg.steps is None else cfg.steps
+    leaves = tf.nest.flatten(params)
+    floating = _floating(leaves)
+    trace_keys = [k for k, _ in cfg.traces]
+    n_states = len(states)
+
+    def read(k):
+        t = num_steps - 1 - k
+        i = _input_index(cfg, num_steps, t)
+        return dict(
+            x=inputs[:, i],
+            entering=[b[i] for b in saved],
+            g_output=() if g_outputs is None else g_outputs[:, t],
+            g_trace=[g_traces[n][:, t] for n in trace_keys],
+            kept=() if keep is None else keep[:, i][:, None],
+        )
+
+    def body(k, current, carry):
+        g_states, g_output, g_trace, accumulators = carry
+        if g_outputs is not None:
+            g_output = g_output + current["g_output"]
+        g_trace = [a + b for a, b in zip(g_trace, current["g_trace"])]
+        # Each result's cotangent splits into the part that enters the step
+        # and, at a masked step, the part that passes it unchanged.
+        incoming = [g_output] + list(g_states) + g_trace
+        if keep is None:
+            into, past = incoming, [tf.zeros_like(g) for g in incoming]
+        else:
+            kept = current["kept"]
+            into = [tf.where(kept, g, tf.zeros_like(g)) for g in incoming]
+            past = [tf.where(kept, tf.zeros_like(g), g) for g in incoming]
+        if cfg.zero_output_for_mask:
+            past[0] = tf.zeros_like(past[0])
+        cotangents = (into[0], into[1 : 1 + n_states], into[1 + n_states :])
+        d_x, d_entering, d_params = _vjp(
+            cfg, params, current["x"], current["entering"], cotangents
+        )
+        d_entering = [d + p for d, p in zip(d_entering, past[1 : 1 + n_states])]
+        accumulators = [a + tf.cast(d, a.dtype) for a, d in zip(accumulators, d_params)]
+        carry = (d_entering, past[0], past[1 + n_states :], accumulators)
+        return carry, [d_x]
+
+    def index(k):
+        return [_input_index(cfg, num_steps, num_steps - 1 - k)]
+
+    g_trace = [tf.zeros_like(g_traces[n][:, 0]) for n in trace_keys]
+    carry = (list(g_states), g_last, g_trace, _accumulators(leaves, floating))
+    (g_states, _, _, d_params), (d_inputs,) = _loop(
+        num_steps,
+        read,
+        body,
+        carry,
+        [tf.zeros_like(inputs)],
+        index,
+        cfg.steps,
+        writers=[_write_batch_major],
+    )
+    d_leaves = [None] * len(leaves)
+    for i, d in zip(floating, d_params):
+        d_leaves[i] = tf.cast(d, leaves[i].dtype)
+    return d_inputs, list(g_states), d_leaves
+
+
+@functools.lru_cache(maxsize=None)
+def _compiled(cfg):
+    """The compiled forward and backward functions of one configuration."""
+    options = dict(jit_compile=True, reduce_retracing=True, autograph=False)
+    forward = tf.function(functools.partial(_forward, cfg), **options)
+    backward = tf.function(functools.partial(_backward, cfg), **options)
+    return forward, backward
+
+
+def run(
+    step_fn,
+    params,
+    inputs,
+    initial_states,
+    *,
+    output_size,
+    mask=None,
+    go_backwards=False,
+    return_sequences=True,
+    zero_output_for_mask=False,
+    unroll=False,
+    trace_sizes=None,
+):
+    """Runs ``step_fn`` over the time axis of ``inputs`` with XLA.
+
+    Args:
+        step_fn: ``step_fn(params, x_t, states) -> (y_t, new_states, trace_t)``,
+            a pure function; ``trace_t`` is a dict of ``(B, k)`` tensors.
+        params: a structure of tensors passed unchanged to every step.
+        inputs: ``(B, T, G)`` per-step inputs (already projected).
+        initial_states: list of ``(B, s)`` tensors.
+        output_size: size of ``y_t``.
+        mask: optional ``(B, T)`` boolean; a masked step keeps the previous
+            states and output (zeros when ``zero_output_for_mask``).
+        go_backwards: process time in reverse; outputs are returned in the
+            order they were computed, as Keras does.
+        return_sequences: keep every step's output, or only the last.
+        unroll: unroll both compiled loops over a static time axis.
+        trace_sizes: dict name -> size of the per-step trace to record.
+
+    Returns:
+        ``(outputs, last_output, final_states, traces)``: ``outputs`` is
+        ``(B, T, output_size)`` or None, ``traces`` a dict of ``(B, T, k)``.
+    """
+    inputs = tf.convert_to_tensor(inputs)
+    if unroll and inputs.shape[1] is None:
+        raise ValueError(
+            "unroll=True needs a static time dimension, got input shape "
+            f"{tuple(inputs.shape)}"
+        )
+    initial_states = [tf.convert_to_tensor(s) for s in initial_states]
+    keep = None if mask is None else tf.cast(mask, tf.bool)
+    leaves = [tf.convert_to_tensor(leaf) for leaf in tf.nest.flatten(params)]
+    floating = _floating(leaves)
+    cfg = _Config(
+        step_fn=step_fn,
+        output_size=int(output_size),
+        go_backwards=bool(go_backwards),
+        return_sequences=bool(return_sequences),
+        zero_output_for_mask=bool(zero_output_for_mask),
+        traces=tuple((trace_sizes or {}).items()),
+        steps=inputs.shape[1] if unroll else None,
+    )
+    forward, backward = _compiled(cfg)
+    trace_keys = [k for k, _ in cfg.traces]
+    n_states = len(initial_states)
+    masked = keep is not None
+
+    def unpack(args):
+        args = list(args)
+        inputs = args.pop(0)
+        keep = args.pop(0) if masked else None
+        states = args[:n_states]
+        values = list(leaves)
+        for i, leaf in zip(floating, args[n_states:]):
+            values[i] = leaf
+        return inputs, keep, states, tf.nest.pack_sequence_as(params, values)
+
+    @tf.custom_gradient
+    def fused(*args):
+        # stop_gradient: ``grad`` below is the only gradient of the loop; a
+        # tape must not try to differentiate the compiled call itself.
+        inputs, keep, states, params_in = unpack(
+            [a if a.dtype == tf.bool else tf.stop_gradient(a) for a in args]
+        )
+        outputs, last_output, final_states, traces, saved = forward(
+            params_in, inputs, keep, states
+        )
+        results = [outputs] if cfg.return_sequences else []
+        results += [last_output] + final_states + [traces[k] for k in trace_keys]
+
+        def grad(*upstream, variables=None):
+            upstream = [
+                tf.zeros_like(r) if g is None else g for r, g in zip(results, upstream)
+            ]
+            g_outputs = upstream.pop(0) if cfg.return_sequences else None
+            g_last = upstream.pop(0)
+            g_states = upstream[:n_states]
+            g_traces = dict(zip(trace_keys, upstream[n_states:]))
+            d_inputs, d_states, d_leaves = backward(
+                params_in,
+                inputs,
+                keep,
+                states,
+                saved,
+                (g_outputs, g_last, g_states, g_traces),
+            )
+            d_args = [d_inputs] + ([None] if masked else [])
+            d_args += d_states + [d_leaves[i] for i in floating]
+            if variables:
+                # The loop reads no variable; any found upstream of the mask
+                # gets no gradient through it.
+                return d_args, [None] * len(variables)
+            return d_args
+
+        return results, grad
+
+    args = [inputs] + ([keep] if masked else []) + initial_states
+    results = list(fused(*args, *[leaves[i] for i in floating]))
+    outputs = results.pop(0) if cfg.return_sequences else None
+    last_output = results.pop(0)
+    final_states = results[:n_states]
+    traces = dict(zip(trace_keys, results[n_states:]))
+    return outputs, last_output, final_states, traces

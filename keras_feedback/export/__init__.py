@@ -1,0 +1,24 @@
+"""Export to SavedModel (TF Serving) and LiteRT, and verification of both.
+
+``export_saved_model`` writes TF Serving's ``<dir>/<version>/`` layout with
+the signatures ``serving_default`` (whole sequences), ``step`` (one time step,
+states in and out) and ``initial_state``. ``export_litert`` writes a ``.tflite``
+file with builtin ops only (dynamic batch and time, or the step model with
+``streaming=True``; float16, dynamic-range or int8 quantisation).
+``verify_saved_model`` and ``verify_litert`` reload what was written, run it
+and compare it with the Keras model; ``litert_ops`` lists a file's operators.
+"""
+
+from keras_feedback.export._litert import export_litert
+from keras_feedback.export._litert import litert_ops
+from keras_feedback.export._litert import verify_litert
+from keras_feedback.export._saved_model import export_saved_model
+from keras_feedback.export._saved_model import verify_saved_model
+
+__all__ = [
+    "export_litert",
+    "export_saved_model",
+    "litert_ops",
+    "verify_litert",
+    "verify_saved_model",
+]

@@ -1,0 +1,155 @@
+"""Checks and helpers shared by the SavedModel and LiteRT exporters."""
+
+import contextlib
+import os
+import re
+
+import keras
+import numpy as np
+
+from keras_feedback.layers._feedback import Feedback
+
+# The engine every exported graph is traced with: a plain ``tf.while_loop``
+# that TF Serving runs as is and that converts to LiteRT's builtin WHILE.
+EXPORT_ENGINE = "reference"
+
+
+def check_model(model):
+    """Raises unless ``model`` is a built functional or Sequential model."""
+    if not isinstance(model, keras.Model):
+        raise TypeError(
+            f"Argument `model` must be a keras.Model, got {type(model).__name__}: "
+            f"{model!r}"
+        )
+    if not model.built:
+        raise ValueError(
+            f"Argument `model` must be built before it is exported, got the "
+            f"unbuilt model {model.name!r}: call it on data, or build it from "
+            "`keras.Input`"
+        )
+    try:
+        inputs = model.inputs
+    except AttributeError:
+        inputs = None
+    if not inputs:
+        raise ValueError(
+            f"Argument `model` must be a functional or Sequential model with "
+            f"known inputs (built from `keras.Input`), got {model.name!r} "
+            f"({type(model).__name__}) which has no symbolic inputs"
+        )
+    return model
+
+
+def check_target(path, overwrite, argument):
+    """Raises when ``path`` exists and ``overwrite`` is false."""
+    if os.path.lexists(path) and not overwrite:
+        raise ValueError(
+            f"Argument `{argument}`: {os.fspath(path)!r} already exists. Pass "
+            "overwrite=True to replace it."
+        )
+
+
+def iter_layers(layer):
+    """``layer`` and every layer nested in it (models, wrappers), once each."""
+    seen = set()
+    stack = [layer]
+    while stack:
+        current = stack.pop(0)
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        yield current
+        if isinstance(current, keras.Model):
+            stack.extend(current.layers)
+        if isinstance(current, keras.layers.Bidirectional):
+            stack.extend([current.forward_layer, current.backward_layer])
+        elif isinstance(current, keras.layers.Wrapper):
+            stack.append(current.layer)
+
+
+@contextlib.contextmanager
+def export_mode(model, engine=True):
+    """Traces every ``Feedback`` layer of ``model`` for export.
+
+    Inside the block the layers use the reference engine and are stateless:
+    an exported graph is a pure function (TF Serving's contract, and the
+    client holds the state of a stream), so a stateful layer starts from the
+    states it is given instead of reading and assigning its variables.
+    ``engine=False`` keeps each layer's own engine (to compare with).
+    """
+    layers = [layer for layer in iter_layers(model) if isinstance(layer, Feedback)]
+    saved = [(layer.engine, layer.stateful) for layer in layers]
+    try:
+        for layer in layers:
+            if engine:
+                layer.engine = EXPORT_ENGINE
+            layer.stateful = False
+        yield
+    finally:
+        for layer, (engine, stateful) in zip(layers, saved):
+            layer.engine = engine
+            layer.stateful = stateful
+
+
+def signature_name(name):
+    """``name`` as a valid signature key: letters, digits and underscores."""
+    name = re.sub(r"[^0-9A-Za-z_]", "_", str(name))
+    return name if re.match(r"[A-Za-z]", name) else f"t_{name}"
+
+
+def directory_size(path):
+    """Total size in bytes of the files under ``path``."""
+    return sum(
+        os.path.getsize(os.path.join(root, name))
+        for root, _, names in os.walk(path)
+        for name in names
+    )
+
+
+def errors(actual, expected):
+    """Errors of ``actual`` against ``expected``.
+
+    Returns:
+        ``(max_abs, max_rel, norm_rel)``: the largest absolute error, that
+        error over the largest |expected| (the error relative to the output's
+        scale), and ``||actual - expected|| / ||expected||`` (Euclidean norms
+        over every element).
+    """
+    actual = np.asarray(actual, np.float64)
+    expected = np.asarray(expected, np.float64)
+    if actual.shape != expected.shape:
+        raise ValueError(
+            f"Exported output has shape {actual.shape}, Keras output has shape "
+            f"{expected.shape}"
+        )
+    if not actual.size:
+        return 0.0, 0.0, 0.0
+    difference = actual - expected
+    error = float(np.max(np.abs(difference)))
+    scale = float(np.max(np.abs(expected)))
+    norm = float(np.linalg.norm(expected))
+    return (
+        error,
+        error / scale if scale else error,
+        float(np.linalg.norm(difference)) / norm if norm else error,
+    )
+
+
+class ErrorTally:
+    """The errors of each output, and the worst of each over all outputs."""
+
+    def __init__(self):
+        self.max_abs = self.max_rel = self.norm_rel = 0.0
+        self.per_output = {}
+
+    def add(self, name, actual, expected):
+        max_abs, max_rel, norm_rel = errors(actual, expected)
+        self.per_output[name] = {
+            "max_abs_error": max_abs,
+            "max_rel_error": max_rel,
+            "norm_rel_error": norm_rel,
+        }
+        self.max_abs = max(self.max_abs, max_abs)
+        self.max_rel = max(self.max_rel, max_rel)
+        self.norm_rel = max(self.norm_rel, norm_rel)
+        return self

@@ -1,0 +1,640 @@
+"""The functions an export traces: whole sequences, one step, initial states.
+
+``ExportPlan`` reads a built functional or Sequential model once and gives:
+
+- ``sequence_fn``: ``{input name: (batch, time, ...)}`` -> ``{output name}``,
+  the model itself (dynamic batch and time);
+- ``step_fn``: one time step, ``{input name: (batch, ...), state name:
+  (batch, size)}`` -> ``{output name, state name: new state}``;
+- ``initial_state_fn``: ``{"batch_size": ()}`` -> ``{state name: zeros}``.
+
+The step function walks the model's layer graph (its Keras config, the public
+record of every call): each ``Feedback`` layer advances one step through its
+cell's step math with explicit states; layers that act on every time step
+independently (``Dense``, ``LayerNormalization`` over features, merges, the
+``keras.ops`` a ``Masking`` layer records, ...) run on a length-1 sequence;
+every layer after a ``return_sequences=False`` feedback layer runs as usual,
+on "the output if the sequence ended now". A model that cannot be run one
+step at a time (bidirectional or backwards layers, recurrent layers that are
+not ours, layers that mix time steps) gets no step function;
+``step_problems`` says why.
+"""
+
+import inspect
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from keras_feedback.export import _common
+from keras_feedback.layers._feedback import Feedback
+
+SINGLE_INPUT = "x"
+SINGLE_OUTPUT = "y"
+BATCH_SIZE = "batch_size"
+
+# Layers that treat every time step independently: running them on a
+# length-1 sequence gives that step of their output on the whole sequence.
+_PER_STEP_LAYERS = (
+    keras.layers.ActivityRegularization,
+    keras.layers.Activation,
+    keras.layers.Add,
+    keras.layers.AlphaDropout,
+    keras.layers.Average,
+    keras.layers.Dense,
+    keras.layers.Dropout,
+    keras.layers.ELU,
+    keras.layers.Embedding,
+    keras.layers.GaussianDropout,
+    keras.layers.GaussianNoise,
+    keras.layers.Identity,
+    keras.layers.LeakyReLU,
+    keras.layers.Masking,
+    keras.layers.Maximum,
+    keras.layers.Minimum,
+    keras.layers.Multiply,
+    keras.layers.ReLU,
+    keras.layers.Rescaling,
+    keras.layers.SpatialDropout1D,
+    keras.layers.Subtract,
+)
+# The same, as long as their `axis` is not the batch or the time axis.
+_PER_STEP_AXIS_LAYERS = (
+    keras.layers.BatchNormalization,
+    keras.layers.Concatenate,
+    keras.layers.LayerNormalization,
+    keras.layers.Softmax,
+    keras.layers.UnitNormalization,
+)
+# `keras.ops` operations recorded in a functional graph (Keras records the
+# mask a `Masking` layer computes as `not_equal` and `any`): elementwise
+# ones, and reductions over an axis that is not the batch or the time axis.
+_ELEMENTWISE_OPS = frozenset(
+    """Abs Add Cast Clip Divide Equal Exp Greater GreaterEqual Less LessEqual
+    Log LogicalAnd LogicalNot LogicalOr LogicalXor Maximum Minimum Multiply
+    Negative NotEqual Power Relu Sigmoid Sqrt Square Subtract Tanh TrueDivide
+    Where""".split()
+)
+_REDUCTION_OPS = frozenset("All Any Max Mean Min Prod Softmax Sum".split())
+
+
+class NotStreamable(Exception):
+    """A layer of the model cannot be run one time step at a time."""
+
+    def __init__(self, layer, reason):
+        self.layer = layer
+        self.reason = reason
+        super().__init__(f"{describe(layer)}: {reason}")
+
+
+def describe(layer):
+    """``"LSTM 'lstm'"``: the class and name of ``layer``."""
+    return f"{type(layer).__name__} {layer.name!r}"
+
+
+def _structure(model, attribute):
+    """``model.input`` / ``model.output``, or the flat list when unknown."""
+    try:
+        return getattr(model, attribute)
+    except (AttributeError, ValueError):
+        return list(getattr(model, attribute + "s"))
+
+
+def _flat(structure):
+    """Leaves in ``tf.nest`` order (dicts by sorted key), like a call's."""
+    if isinstance(structure, dict):
+        return [leaf for key in sorted(structure) for leaf in _flat(structure[key])]
+    if isinstance(structure, (list, tuple)):
+        return [leaf for item in structure for leaf in _flat(item)]
+    return [structure]
+
+
+class ExportPlan:
+    """What an export of ``model`` contains; see the module docstring.
+
+    Args:
+        model: a built functional or Sequential Keras model.
+
+    Attributes:
+        input_names, output_names: signature names of the model's inputs
+            and outputs (``"x"`` / ``"y"`` for a single one).
+        input_specs: ``{name: tf.TensorSpec}`` of whole sequences.
+        step_input_specs: the same without the time axis.
+        state_specs: ``{name: tf.TensorSpec}`` of the step states, in order;
+            empty when the model has no step function.
+        step_problems: why there is no step function (empty when there is).
+    """
+
+    def __init__(self, model):
+        self.model = _common.check_model(model)
+        inputs = _flat(_structure(model, "input"))
+        if len(inputs) == 1:
+            self.input_names = [SINGLE_INPUT]
+        else:
+            self.input_names = _unique(
+                [_common.signature_name(t.name) for t in inputs], "input"
+            )
+        structure = _structure(model, "output")
+        outputs = _flat(structure)
+        if len(outputs) == 1:
+            self.output_names = [SINGLE_OUTPUT]
+        else:
+            if isinstance(structure, dict):
+                names = sorted(structure)
+            else:
+                names = getattr(model, "output_names", None) or [
+                    f"output_{i}" for i in range(len(outputs))
+                ]
+            self.output_names = _unique(
+                [_common.signature_name(n) for n in names], "output"
+            )
+        self.input_specs = {}
+        self.step_input_specs = {}
+        for name, tensor in zip(self.input_names, inputs):
+            shape = (None,) + tuple(tensor.shape[1:])
+            dtype = tf.as_dtype(tensor.dtype)
+            self.input_specs[name] = tf.TensorSpec(shape, dtype, name=name)
+            if len(shape) >= 2:
+                self.step_input_specs[name] = tf.TensorSpec(
+                    (None,) + shape[2:], dtype, name=name
+                )
+        self.state_specs = {}
+        self.step_problems = self._find_step_problems()
+        if not self.step_problems:
+            try:
+                self.state_specs = self._discover_states()
+            except NotStreamable as problem:
+                self.step_problems = [(problem.layer, problem.reason)]
+        taken = set(self.input_names) | set(self.output_names) | {BATCH_SIZE}
+        clash = sorted(taken & set(self.state_specs))
+        if clash:
+            raise ValueError(
+                f"Argument `model`: the state names {clash} clash with input or "
+                "output names of the model; rename those layers"
+            )
+
+    # --- what the signatures run ------------------------------------------
+
+    @property
+    def streamable(self):
+        return not self.step_problems
+
+    def step_problem_message(self):
+        return "; ".join(
+            f"{describe(layer)}: {why}" for layer, why in self.step_problems
+        )
+
+    def named_inputs(self, inputs, argument="inputs"):
+        """``inputs`` (an array, a list in model order, or a dict by input
+        name) as ``{input name: numpy array}``."""
+        if isinstance(inputs, dict):
+            missing = sorted(set(self.input_names) - set(inputs))
+            if missing:
+                raise ValueError(
+                    f"Argument `{argument}` lacks the inputs {missing}; expected "
+                    f"the keys {self.input_names}, got {sorted(inputs)}"
+                )
+            flat = [inputs[name] for name in self.input_names]
+        elif isinstance(inputs, (list, tuple)) and len(self.input_names) > 1:
+            flat = list(inputs)
+        else:
+            flat = [inputs]
+        if len(flat) != len(self.input_names):
+            raise ValueError(
+                f"Argument `{argument}` must hold {len(self.input_names)} arrays "
+                f"({self.input_names}), got {len(flat)}"
+            )
+        named = {}
+        for name, value in zip(self.input_names, flat):
+            spec = self.input_specs[name]
+            value = np.asarray(value, dtype=spec.dtype.as_numpy_dtype)
+            if not spec.shape.is_compatible_with(value.shape):
+                raise ValueError(
+                    f"Argument `{argument}`: input {name!r} must have shape "
+                    f"{tuple(spec.shape)}, got {value.shape}"
+                )
+            named[name] = value
+        return named
+
+    def keras_outputs(self, named):
+        """The model's own outputs (its own engine, no state kept)."""
+        with _common.export_mode(self.model, engine=False):
+            outputs = self.model(
+                self._pack([tf.constant(named[n]) for n in self.input_names]),
+                training=False,
+            )
+        flat = [np.asarray(t) for t in tf.nest.flatten(outputs)]
+        return dict(zip(self.output_names, flat))
+
+    def _pack(self, flat):
+        if len(flat) == 1:
+            return flat[0]
+        structure = _structure(self.model, "input")
+        return tf.nest.pack_sequence_as(structure, list(flat))
+
+    def sequence_fn(self, inputs):
+        """The model on whole sequences: ``{input name}`` -> ``{output name}``."""
+        flat = [inputs[name] for name in self.input_names]
+        outputs = self.model(self._pack(flat), training=False)
+        flat_outputs = tf.nest.flatten(outputs)
+        return dict(zip(self.output_names, flat_outputs))
+
+    def step_fn(self, inputs):
+        """One time step: inputs and states in, outputs and new states out."""
+        if not self.streamable:
+            raise ValueError(
+                f"Model {self.model.name!r} has no step function: "
+                f"{self.step_problem_message()}"
+            )
+        states = _States(self.state_specs, inputs)
+        outputs = self._run_step(inputs, states)
+        return {**outputs, **states.new}
+
+    def checked_step_fn(self, inputs):
+        """``step_fn`` that first checks every input's and state's shape.
+
+        A signature does not check shapes, and a wrongly shaped state would
+        fail deep inside the cell with an error that names no state; this
+        one names it (what TF Serving returns to the client).
+        """
+        first = self.input_names[0]
+        batch = tf.shape(inputs[first])[0]
+        checks = []
+        for name, spec in {**self.step_input_specs, **self.state_specs}.items():
+            expected = [batch] + [
+                tf.shape(inputs[name])[i] if d is None else d
+                for i, d in enumerate(spec.shape[1:], start=1)
+            ]
+            shape = "(batch, " + ", ".join(str(d) for d in spec.shape[1:]) + ")"
+            checks.append(
+                tf.debugging.assert_equal(
+                    tf.shape(inputs[name]),
+                    tf.stack(expected) if len(expected) > 1 else batch[None],
+                    message=(
+                        f"step: input {name} must have shape {shape}, with "
+                        f"the batch size of input {first}"
+                    ),
+                )
+            )
+        with tf.control_dependencies(checks):
+            inputs = {name: tf.identity(value) for name, value in inputs.items()}
+        return self.step_fn(inputs)
+
+    def initial_state_fn(self, inputs):
+        """``{"batch_size": scalar}`` -> ``{state name: zeros (batch, size)}``."""
+        batch = tf.reshape(tf.cast(inputs[BATCH_SIZE], tf.int32), [])
+        return {
+            name: tf.zeros([batch, spec.shape[-1]], spec.dtype)
+            for name, spec in self.state_specs.items()
+        }
+
+    def signature(self, kind):
+        """The ``input_signature`` of ``sequence``, ``step`` (or
+        ``checked_step``) or ``initial_state``."""
+        if kind == "sequence":
+            return [dict(self.input_specs)]
+        if kind in ("step", "checked_step"):
+            return [{**self.step_input_specs, **self.state_specs}]
+        return [{BATCH_SIZE: tf.TensorSpec([], tf.int32, name=BATCH_SIZE)}]
+
+    # --- analysis ------------------------------------------------------------
+
+    def _find_step_problems(self):
+        problems = []
+        for layer in _common.iter_layers(self.model):
+            if isinstance(layer, keras.layers.Bidirectional):
+                problems.append(
+                    (layer, "a bidirectional layer reads the sequence from its end")
+                )
+            elif isinstance(layer, keras.layers.RNN):
+                problems.append(
+                    (
+                        layer,
+                        "a recurrent layer that is not from keras_feedback "
+                        "(use keras_feedback.layers.Feedback)",
+                    )
+                )
+        if problems:
+            return problems
+        missing = [n for n in self.input_names if n not in self.step_input_specs]
+        if missing:
+            return [
+                (
+                    self.model,
+                    f"inputs {missing} have no time axis (every input of a "
+                    "streamed model is (batch, time, ...))",
+                )
+            ]
+        return []
+
+    def _discover_states(self):
+        """Runs the step walk once with zero states to learn which it needs."""
+        recorder = _States(None, None)
+        spec = [dict(self.step_input_specs)]
+
+        @tf.function(input_signature=spec, autograph=False)
+        def probe(inputs):
+            recorder.batch = tf.shape(tf.nest.flatten(inputs)[0])[0]
+            return self._run_step(inputs, recorder)
+
+        with _common.export_mode(self.model):
+            probe.get_concrete_function()
+        return dict(recorder.specs)
+
+    def _run_step(self, inputs, states):
+        values = [
+            _Value(tf.expand_dims(inputs[name], 1), step=True)
+            for name in self.input_names
+        ]
+        walker = _StepWalker(states)
+        outputs = walker.run_model(self.model, values, prefix="")
+        result = {}
+        for name, value in zip(self.output_names, outputs):
+            result[name] = value.tensor[:, 0] if value.step else value.tensor
+        return result
+
+
+def _unique(names, kind):
+    if len(set(names)) != len(names):
+        raise ValueError(
+            f"Argument `model`: its {kind} names {names} are not unique once "
+            "made valid signature names; give its inputs/outputs distinct names"
+        )
+    return names
+
+
+class _States:
+    """The states a step reads (``get``) and writes (``put``).
+
+    With ``specs=None`` it records what is asked for and hands out zeros
+    (the probe that discovers the state list).
+    """
+
+    def __init__(self, specs, inputs):
+        self.fixed = specs is not None
+        self.specs = {} if specs is None else specs
+        self.inputs = inputs
+        self.batch = None
+        self.new = {}
+
+    def get(self, name, size, dtype):
+        dtype = tf.as_dtype(dtype)
+        if not self.fixed:
+            if name in self.specs:
+                raise ValueError(
+                    f"Argument `model`: two layers would share the step state "
+                    f"name {name!r}; rename one of them"
+                )
+            self.specs[name] = tf.TensorSpec([None, size], dtype, name=name)
+            value = tf.zeros([self.batch, size], dtype)
+        else:
+            if name not in self.specs:
+                raise ValueError(
+                    f"The step function asked for the state {name!r}, which "
+                    "tracing the model earlier did not"
+                )
+            value = self.inputs[name]
+        self.new.setdefault(name, value)
+        return value
+
+    def put(self, name, value):
+        self.new[name] = value
+
+
+class _Value:
+    """A tensor of the step walk: time-sliced (``(B, 1, ...)``) or not."""
+
+    __slots__ = ("tensor", "step", "mask")
+
+    def __init__(self, tensor, step, mask=None):
+        self.tensor = tensor
+        self.step = step
+        self.mask = mask
+
+
+def _map(structure, fn):
+    if isinstance(structure, _Value):
+        return fn(structure)
+    if isinstance(structure, (list, tuple)):
+        return type(structure)(_map(s, fn) for s in structure)
+    if isinstance(structure, dict):
+        return {k: _map(v, fn) for k, v in structure.items()}
+    return structure
+
+
+def _values(structure):
+    """The ``_Value`` leaves of ``structure``, in tf.nest order."""
+    if isinstance(structure, _Value):
+        return [structure]
+    if isinstance(structure, dict):
+        return [v for key in sorted(structure) for v in _values(structure[key])]
+    if isinstance(structure, (list, tuple)):
+        return [v for item in structure for v in _values(item)]
+    return []
+
+
+def _call_parameters(layer):
+    return inspect.signature(layer.call).parameters
+
+
+def _is_keras_tensor_config(value):
+    return isinstance(value, dict) and value.get("class_name") == "__keras_tensor__"
+
+
+class _StepWalker:
+    """Evaluates a model's layer graph for one time step."""
+
+    def __init__(self, states):
+        self.states = states
+
+    def run_model(self, model, inputs, prefix):
+        if isinstance(model, keras.Sequential):
+            value = inputs[0]
+            for layer in model.layers:
+                key = prefix + layer.name
+                value = self.call_layer(layer, key, [value], {})[0]
+            return [value]
+        try:
+            config = model.get_config()
+        except Exception as error:  # a custom layer without get_config
+            raise NotStreamable(model, f"its config cannot be read: {error}")
+        if "input_layers" not in config or "layers" not in config:
+            raise NotStreamable(
+                model, "a subclassed model: its layer graph is not known"
+            )
+        layers = {op.name: op for op in model.operations}
+        tensors = {}
+        for history, value in zip(_as_histories(config["input_layers"]), inputs):
+            tensors[history] = value
+        pending = []
+        for layer_config in config["layers"]:
+            name = layer_config["name"]
+            for index, node in enumerate(layer_config.get("inbound_nodes") or []):
+                pending.append((layers[name], index, node))
+        while pending:
+            ready = [
+                item for item in pending if self._available(item[2], tensors)
+            ]
+            if not ready:
+                raise NotStreamable(model, "its layer graph could not be ordered")
+            for layer, index, node in ready:
+                pending.remove((layer, index, node))
+                args = self._fill(node.get("args", []), tensors)
+                kwargs = self._fill(node.get("kwargs", {}), tensors)
+                key = prefix + layer.name + (f"_{index}" if index else "")
+                outputs = self.call_layer(layer, key, args, kwargs)
+                for i, value in enumerate(outputs):
+                    tensors[(layer.name, index, i)] = value
+        return [tensors[h] for h in _as_histories(config["output_layers"])]
+
+    def _available(self, node, tensors):
+        found = []
+
+        def visit(value):
+            if _is_keras_tensor_config(value):
+                found.append(tuple(value["config"]["keras_history"]))
+            elif isinstance(value, dict):
+                for v in value.values():
+                    visit(v)
+            elif isinstance(value, (list, tuple)):
+                for v in value:
+                    visit(v)
+
+        visit([node.get("args", []), node.get("kwargs", {})])
+        return all(h in tensors for h in found)
+
+    def _fill(self, value, tensors):
+        if _is_keras_tensor_config(value):
+            return tensors[tuple(value["config"]["keras_history"])]
+        if isinstance(value, dict):
+            if "class_name" in value and "config" in value:
+                return keras.saving.deserialize_keras_object(value)
+            return {k: self._fill(v, tensors) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return type(value)(self._fill(v, tensors) for v in value)
+        return value
+
+    # --- one call of one layer --------------------------------------------
+
+    def call_layer(self, layer, key, args, kwargs):
+        values = _values([args, kwargs])
+        step = any(v.step for v in values)
+        if isinstance(layer, Feedback):
+            return self._feedback(layer, key, args, kwargs)
+        if step and isinstance(layer, keras.Model):
+            flat = _values(args)
+            mask = kwargs.get("mask")
+            if mask is not None:
+                masks = tf.nest.flatten(_map(mask, lambda v: v.tensor))
+                flat = [_Value(v.tensor, v.step, m) for v, m in zip(flat, masks)]
+            return self.run_model(layer, flat, prefix=key + "_")
+        if step:
+            self._check_per_step(layer, values)
+        return self._plain_call(layer, args, kwargs, step)
+
+    def _check_per_step(self, layer, values):
+        kind = type(layer).__name__
+        if isinstance(layer, _PER_STEP_LAYERS) or (
+            not isinstance(layer, keras.layers.Layer) and kind in _ELEMENTWISE_OPS
+        ):
+            return
+        if isinstance(layer, _PER_STEP_AXIS_LAYERS) or (
+            not isinstance(layer, keras.layers.Layer) and kind in _REDUCTION_OPS
+        ):
+            axis = getattr(layer, "axis", None)
+            rank = len(values[0].tensor.shape)
+            axes = axis if isinstance(axis, (list, tuple)) else [axis]
+            if axis is not None and all(a % rank not in (0, 1) for a in axes):
+                return
+            raise NotStreamable(layer, f"its axis {axis} mixes time steps")
+        raise NotStreamable(
+            layer,
+            "not known to act on each time step independently (layers that are: "
+            + ", ".join(
+                sorted(c.__name__ for c in _PER_STEP_LAYERS + _PER_STEP_AXIS_LAYERS)
+            )
+            + ")",
+        )
+
+    def _plain_call(self, layer, args, kwargs, step):
+        first = args[0] if args else None
+        previous_mask = kwargs.get("mask")
+        if previous_mask is not None:
+            previous_mask = _map(previous_mask, lambda v: v.tensor)
+        elif first is not None:
+            previous_mask = _map(first, lambda v: v.mask)
+            if not any(m is not None for m in tf.nest.flatten(previous_mask)):
+                previous_mask = None
+        call_args = _map(args, lambda v: v.tensor)
+        call_kwargs = _map(kwargs, lambda v: v.tensor)
+        if (
+            previous_mask is not None
+            and "mask" in _call_parameters(layer)
+            and call_kwargs.get("mask") is None
+        ):
+            call_kwargs["mask"] = previous_mask
+        outputs = layer(*call_args, **call_kwargs)
+        flat = tf.nest.flatten(outputs)
+        masks = [None] * len(flat)
+        if getattr(layer, "supports_masking", False) and first is not None:
+            output_mask = layer.compute_mask(call_args[0], previous_mask)
+            if output_mask is not None:
+                flat_masks = tf.nest.flatten(output_mask)[: len(flat)]
+                masks[: len(flat_masks)] = flat_masks
+        return [_Value(t, step, m) for t, m in zip(flat, masks)]
+
+    def _feedback(self, layer, key, args, kwargs):
+        sequence = args[0]
+        if not isinstance(sequence, _Value) or not sequence.step:
+            raise NotStreamable(layer, "its input does not vary over time")
+        if layer.go_backwards:
+            raise NotStreamable(
+                layer, "go_backwards=True reads the sequence from its end"
+            )
+        if layer.return_trace:
+            raise NotStreamable(layer, "return_trace=True has no step form")
+        initial_state = kwargs.get("initial_state")
+        if initial_state is not None or len(args) > 1:
+            raise NotStreamable(
+                layer, "its initial state is computed in the model's graph"
+            )
+        mask = kwargs.get("mask")
+        mask = mask.tensor if isinstance(mask, _Value) else sequence.mask
+        cell = layer.cell
+        dtype = cell.compute_dtype
+        names = ["h"] + (["carry"] if cell.core == "lstm" else [])
+        names += ["c"] if cell.feedback_units else []
+        old = [
+            self.states.get(f"{key}_{name}", size, dtype)
+            for name, size in zip(names, cell.state_size)
+        ]
+        x = tf.cast(sequence.tensor[:, 0], dtype)
+        output, new = cell.call(x, old, training=False)
+        new = list(new)
+        if mask is not None:
+            keep = tf.cast(tf.reshape(mask, [-1, 1]), tf.bool)
+            new = [tf.where(keep, n, o) for n, o in zip(new, old)]
+            if layer.zero_output_for_mask:
+                output = tf.where(keep, output, tf.zeros_like(output))
+            else:
+                held = self.states.get(f"{key}_output", cell.output_size, dtype)
+                output = tf.where(keep, output, held)
+                self.states.put(f"{key}_output", output)
+        for name, value in zip(names, new):
+            self.states.put(f"{key}_{name}", value)
+        if layer.return_sequences:
+            result = [_Value(output[:, None], True, mask)]
+        else:
+            result = [_Value(output, False)]
+        if layer.return_state:
+            result.extend(_Value(s, False) for s in new)
+        return result
+
+
+def _as_histories(entries):
+    """A config's ``input_layers`` / ``output_layers``, flat in tf.nest order."""
+    if isinstance(entries, dict):
+        return [h for key in sorted(entries) for h in _as_histories(entries[key])]
+    if entries and not isinstance(entries[0], (list, tuple, dict)):
+        return [tuple(entries)]
+    return [h for entry in entries for h in _as_histories(entry)]

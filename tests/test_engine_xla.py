@@ -1,0 +1,378 @@
+"""The fused XLA engine against the reference engine (its oracle).
+
+The reference engine is a plain ``tf.while_loop`` differentiated by
+TensorFlow; the fused engine has its own compiled backward pass. Both run the
+same step function, so outputs and gradients must agree to float32 rounding.
+"""
+
+import itertools
+
+import hypothesis
+import hypothesis.strategies as st
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import keras_feedback
+from keras_feedback import engine as engines
+from keras_feedback.cells import _feedback_math as math
+
+Feedback = keras_feedback.layers.Feedback
+FeedbackCell = keras_feedback.layers.FeedbackCell
+CORES = ("simple", "gru", "lstm")
+TOLERANCE = 1e-5
+
+
+def _assert_close(actual, expected, tolerance=TOLERANCE):
+    """Max abs error within ``tolerance`` times the magnitude (at least 1)."""
+    actual = np.asarray(actual, "float64")
+    expected = np.asarray(expected, "float64")
+    assert actual.shape == expected.shape
+    scale = max(1.0, float(np.max(np.abs(expected), initial=0.0)))
+    error = float(np.max(np.abs(actual - expected), initial=0.0))
+    assert error <= tolerance * scale, f"max error {error:.3g} (scale {scale:.3g})"
+    return error / scale
+
+
+def _random_cell(rng, core, units, feedback_units, output_units, **options):
+    cell = FeedbackCell(
+        units,
+        feedback_units=feedback_units,
+        core=core,
+        output_units=output_units,
+        **options,
+    )
+    cell.build((None, 3))
+    cell.set_weights(
+        [0.5 * rng.standard_normal(w.shape).astype("float32") for w in cell.weights]
+    )
+    return cell
+
+
+def _run_engine(name, cell, params, projected, states, mask, options):
+    """Every result of one engine and the gradients of a random weighting."""
+    sources = [projected, states, params]
+    with tf.GradientTape() as tape:
+        tape.watch(tf.nest.flatten(sources))
+        outputs, last, final_states, traces = engines.ENGINES[name](
+            math.make_step_fn(cell.spec),
+            params,
+            projected,
+            states,
+            output_size=cell.output_size,
+            mask=mask,
+            **options,
+        )
+        results = [last] + final_states + [traces[k] for k in sorted(traces)]
+        if outputs is not None:
+            results.append(outputs)
+        weights = np.random.default_rng(7)
+        loss = sum(
+            tf.reduce_sum(r * weights.standard_normal(r.shape).astype("float32"))
+            for r in results
+        )
+    grads = tape.gradient(loss, sources)
+    # The reference engine gives None for a parameter the step never uses
+    # (the input kernel: the projection happens outside the engine).
+    grads = tf.nest.map_structure(
+        lambda g, s: tf.zeros_like(s) if g is None else g,
+        grads,
+        sources,
+        check_types=False,
+    )
+    return results, tf.nest.flatten(grads)
+
+
+COMBINATIONS = list(
+    itertools.product(CORES, (False, True), (False, True), (False, True), (False, True))
+)
+
+
+@pytest.mark.parametrize(
+    "core, attention, residual, masked, go_backwards",
+    COMBINATIONS,
+    ids=[
+        f"{c}-att{int(a)}-res{int(r)}-mask{int(m)}-back{int(b)}"
+        for c, a, r, m, b in COMBINATIONS
+    ],
+)
+@hypothesis.settings(max_examples=1, deadline=None, derandomize=True)
+@hypothesis.given(
+    batch=st.integers(1, 3),
+    time=st.integers(1, 5),
+    units=st.integers(1, 4),
+    feedback_units=st.integers(0, 3),
+    output_units=st.one_of(st.none(), st.integers(1, 3)),
+    layer_norm=st.booleans(),
+    return_sequences=st.booleans(),
+    zero_output_for_mask=st.booleans(),
+    recurrent_mask=st.booleans(),
+    traces=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
+def test_xla_equals_reference(
+    core,
+    attention,
+    residual,
+    masked,
+    go_backwards,
+    batch,
+    time,
+    units,
+    feedback_units,
+    output_units,
+    layer_norm,
+    return_sequences,
+    zero_output_for_mask,
+    recurrent_mask,
+    traces,
+    seed,
+):
+    rng = np.random.default_rng(seed)
+    cell = _random_cell(
+        rng,
+        core,
+        units,
+        feedback_units,
+        output_units,
+        attention=attention,
+        residual=residual,
+        layer_norm=layer_norm,
+    )
+    width = cell.spec.gates * units
+    projected = tf.constant(rng.standard_normal((batch, time, width)), tf.float32)
+    states = [
+        tf.constant(rng.standard_normal((batch, size)), tf.float32)
+        for size in cell.state_size
+    ]
+    params = {"weights": cell.step_params()}
+    if recurrent_mask:
+        params["recurrent_mask"] = tf.constant(
+            rng.uniform(0.0, 2.0, (batch, units)), tf.float32
+        )
+    mask = tf.constant(rng.random((batch, time)) < 0.7) if masked else None
+    options = dict(
+        go_backwards=go_backwards,
+        return_sequences=return_sequences,
+        zero_output_for_mask=zero_output_for_mask,
+        trace_sizes=cell.spec.trace_sizes if traces else None,
+    )
+    expected = _run_engine("reference", cell, params, projected, states, mask, options)
+    actual = _run_engine("xla", cell, params, projected, states, mask, options)
+    for kind in (0, 1):  # results, then gradients
+        assert len(actual[kind]) == len(expected[kind])
+        for a, e in zip(actual[kind], expected[kind]):
+            _assert_close(a, e)
+
+
+def _layer_pair(rng, x, **kwargs):
+    layers = {e: Feedback(4, engine=e, **kwargs) for e in ("reference", "xla")}
+    for layer in layers.values():
+        layer(x)
+    weights = [0.5 * rng.standard_normal(w.shape) for w in layers["reference"].weights]
+    for layer in layers.values():
+        layer.set_weights([w.astype(layer.weights[0].dtype) for w in weights])
+    return layers["reference"], layers["xla"]
+
+
+def _loss_and_grads(layer, x, **call_kwargs):
+    """Output and the gradients of a fixed weighting of it."""
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        y = layer(x, **call_kwargs)
+        weights = tf.reshape(
+            tf.cos(tf.range(tf.size(y), dtype=tf.float32)), tf.shape(y)
+        )
+        loss = tf.reduce_sum(tf.cast(y, tf.float32) * weights)
+    sources = [x] + layer.trainable_weights
+    grads = tape.gradient(loss, sources)
+    # The reference engine gives None for a weight the loss does not reach
+    # (with one step, the feedback kernels only shape the unused last c).
+    return y, [tf.zeros_like(s) if g is None else g for g, s in zip(grads, sources)]
+
+
+@pytest.mark.parametrize(
+    "policy, tolerance",
+    [("mixed_float16", 2e-2), ("mixed_bfloat16", 1e-1)],
+)
+def test_mixed_precision_loop_runs_in_compute_dtype(rng, policy, tolerance):
+    keras.config.set_dtype_policy(policy)
+    x = tf.constant(rng.standard_normal((3, 6, 5)), tf.float32)
+    ref, fused = _layer_pair(
+        rng, x, feedback_units=2, core="lstm", attention=True, return_sequences=True
+    )
+    y_ref, g_ref = _loss_and_grads(ref, x)
+    y, g = _loss_and_grads(fused, x)
+    assert y.dtype == keras.config.dtype_policy().compute_dtype
+    # Variables stay float32; their gradients arrive in float32.
+    assert all(v.dtype == "float32" for v in fused.trainable_weights)
+    _assert_close(y, y_ref, tolerance)
+    for a, e in zip(g, g_ref):
+        _assert_close(tf.cast(a, tf.float32), tf.cast(e, tf.float32), tolerance)
+
+
+def _model(engine, weights=None, **kwargs):
+    keras.utils.set_random_seed(3)
+    model = keras.Sequential(
+        [
+            keras.Input((None, 3)),
+            Feedback(4, feedback_units=2, core="gru", engine=engine, **kwargs),
+        ]
+    )
+    if weights is not None:
+        model.set_weights(weights)
+    return model
+
+
+def test_training_inside_model_compile_jit_compile(rng):
+    """The fused engine trains inside an XLA-compiled train step.
+
+    Autodiff through the reference engine's loop inside XLA builds TensorList
+    accumulators XLA cannot size; the fused engine's own backward pass has
+    none. The weights must match a non-jit run of the reference engine.
+    """
+    x = rng.standard_normal((8, 7, 3)).astype("float32")
+    y = rng.standard_normal((8, 4)).astype("float32")
+    expected = _model("reference")
+    weights = expected.get_weights()
+    expected.compile(keras.optimizers.SGD(0.1), "mse", jit_compile=False)
+    expected.fit(x, y, batch_size=4, epochs=2, shuffle=False, verbose=0)
+    fused = _model("xla", weights)
+    fused.compile(keras.optimizers.SGD(0.1), "mse", jit_compile=True)
+    assert fused.jit_compile
+    fused.fit(x, y, batch_size=4, epochs=2, shuffle=False, verbose=0)
+    moved = max(np.max(np.abs(a - b)) for a, b in zip(expected.get_weights(), weights))
+    assert moved > 1e-3
+    for a, e in zip(fused.get_weights(), expected.get_weights()):
+        _assert_close(a, e)
+
+
+def test_tf_function_with_dynamic_batch_and_time(rng):
+    ref, fused = _layer_pair(
+        rng, tf.zeros((2, 3, 5)), core="lstm", return_sequences=True
+    )
+    spec = tf.TensorSpec([None, None, 5], tf.float32)
+
+    @tf.function(input_signature=[spec])
+    def grads(x):
+        return _loss_and_grads(fused, x)
+
+    for shape in [(2, 3, 5), (4, 9, 5), (1, 1, 5)]:
+        x = tf.constant(rng.standard_normal(shape), tf.float32)
+        y, g = grads(x)
+        y_ref, g_ref = _loss_and_grads(ref, x)
+        _assert_close(y, y_ref)
+        for a, e in zip(g, g_ref):
+            _assert_close(a, e)
+    # One trace serves every shape: the shapes reach XLA only at run time.
+    assert grads.experimental_get_tracing_count() == 1
+
+
+def test_stateful_initial_state_and_dropout_match_reference(rng):
+    x = tf.constant(rng.standard_normal((2, 4, 3)), tf.float32)
+    kwargs = dict(
+        core="lstm",
+        feedback_units=3,
+        stateful=True,
+        return_sequences=True,
+        dropout=0.3,
+        recurrent_dropout=0.4,
+        seed=11,
+    )
+    ref, fused = _layer_pair(rng, x, **kwargs)
+    ref.reset_state()  # building ran a batch with each layer's own weights
+    fused.reset_state()
+    for _ in range(2):  # the second batch starts from the first's states
+        y_ref, g_ref = _loss_and_grads(ref, x, training=True)
+        y, g = _loss_and_grads(fused, x, training=True)
+        _assert_close(y, y_ref)
+        for a, e in zip(g, g_ref):
+            _assert_close(a, e)
+        for a, e in zip(fused.states, ref.states):
+            _assert_close(a, e)
+    initial = [tf.constant(rng.standard_normal((2, s)), tf.float32) for s in (4, 4, 3)]
+    plain = {
+        e: Feedback(4, feedback_units=3, core="lstm", engine=e)
+        for e in ("reference", "xla")
+    }
+    for layer in plain.values():
+        layer(x)
+        layer.set_weights(ref.get_weights()[: len(layer.weights)])
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch(initial)
+        outs = {e: layer(x, initial_state=initial) for e, layer in plain.items()}
+    _assert_close(outs["xla"], outs["reference"])
+    for a, e in zip(
+        tape.gradient(outs["xla"], initial), tape.gradient(outs["reference"], initial)
+    ):
+        _assert_close(a, e)
+
+
+def test_auto_picks_xla_except_when_unrolled(rng):
+    assert engines.resolve("auto") == "xla"
+    assert engines.resolve("auto", unroll=True) == "reference"
+    assert engines.resolve("reference") == "reference"
+    assert engines.get("xla") is engines.ENGINES["xla"]
+    x = tf.constant(rng.standard_normal((2, 5, 3)), tf.float32)
+    layers = {
+        u: Feedback(4, core="gru", unroll=u, return_sequences=True)
+        for u in (False, True)
+    }
+    for layer in layers.values():
+        layer(x)
+    layers[True].set_weights(layers[False].get_weights())
+    _assert_close(layers[True](x), layers[False](x))
+    with pytest.raises(ValueError, match="Unknown engine 'fast'"):
+        engines.get("fast")
+
+
+def test_xla_engine_unrolled_equals_reference(rng):
+    x = tf.constant(rng.standard_normal((2, 4, 3)), tf.float32)
+    mask = tf.constant([[True, True, False, True], [False, True, True, True]])
+    ref, fused = _layer_pair(rng, x, core="simple", unroll=True, go_backwards=True)
+    y_ref, g_ref = _loss_and_grads(ref, x, mask=mask)
+    y, g = _loss_and_grads(fused, x, mask=mask)
+    _assert_close(y, y_ref)
+    for a, e in zip(g, g_ref):
+        _assert_close(a, e)
+
+    @tf.function(input_signature=[tf.TensorSpec([2, None, 4], tf.float32)])
+    def unrolled_dynamic_time(projected):
+        return engines.ENGINES["xla"](
+            math.make_step_fn(fused.cell.spec),
+            {"weights": fused.cell.step_params()},
+            projected,
+            fused.cell.get_initial_state(2),
+            output_size=4,
+            unroll=True,
+        )[1]
+
+    with pytest.raises(ValueError, match=r"static time dimension, .*\(2, None, 4\)"):
+        unrolled_dynamic_time.get_concrete_function()
+
+
+@pytest.mark.parametrize("go_backwards", [False, True])
+def test_pad_time_keeps_results_and_bounds_shapes(rng, go_backwards):
+    layer = Feedback(4, core="gru", feedback_units=2, go_backwards=go_backwards)
+    for time in (5, 7, 8):
+        x = tf.constant(rng.standard_normal((2, time, 3)), tf.float32)
+        mask = tf.constant(np.arange(time)[None, :] < np.array([[time], [time - 2]]))
+        padded, padded_mask = engines.pad_time(x, 4, mask)
+        assert padded.shape == (2, 8, 3)  # 5, 7 and 8 share one shape
+        np.testing.assert_array_equal(padded_mask[:, :time], mask)
+        assert not np.any(padded_mask[:, time:])
+        _assert_close(layer(padded, mask=padded_mask), layer(x, mask=mask))
+
+
+@pytest.mark.parametrize(
+    "args, pattern",
+    [
+        ((np.zeros((2, 3, 1)), 0), "`multiple` must be a positive integer, got 0"),
+        ((np.zeros((2, 3, 1)), 2.0), "`multiple` must be a positive integer, got 2.0"),
+        ((np.zeros((2, 3)), 2), r"`sequences` must have rank 3 .* got shape \(2, 3\)"),
+    ],
+)
+def test_pad_time_rejects_bad_arguments(args, pattern):
+    with pytest.raises(ValueError, match=pattern):
+        engines.pad_time(*args)

@@ -1,0 +1,338 @@
+"""Every core x attention x residual x output projection, exported both ways.
+
+Each combination is its own model ``Input -> Feedback -> Dense`` with 32 units
+and 32 features: the smallest size at which LiteRT's dynamic-range
+quantisation touches the kernels (it skips weights under 1024 elements); a
+conversion costs the same at 3 units. The same 24 models are exported as a
+SavedModel, as float LiteRT files (whole sequence and step) and quantised.
+They use the reference engine so that the Keras side compiles nothing; the
+models of test_export_models.py run the default engine.
+"""
+
+import itertools
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+from ai_edge_litert.interpreter import Interpreter
+
+import keras_feedback
+from keras_feedback import export
+
+COMBINATIONS = [
+    {"core": core, "attention": attention, "residual": residual, "output_units": out}
+    for core, attention, residual, out in itertools.product(
+        ("simple", "gru", "lstm"), (False, True), (False, True), (None, 3)
+    )
+]
+IDS = [
+    f"{c['core']}-att{int(c['attention'])}-res{int(c['residual'])}-"
+    f"out{c['output_units'] or 0}"
+    for c in COMBINATIONS
+]
+STATES = {"simple": ["h", "c"], "gru": ["h", "c"], "lstm": ["h", "carry", "c"]}
+# Float exports match Keras within 1e-5, relative to the largest |output|
+# where that exceeds 1. A residual GRU can double its state every step
+# (h + z h + ...): its outputs reach 1e8 after 33 steps and float32 rounding
+# grows with them, so that the library's two engines (reference and xla) give
+# the same model outputs 4e-4 of the output scale apart. Beyond 1e-5, an
+# export must then be within KERAS_NOISE_FACTOR times that difference.
+FLOAT_TOLERANCE = 1e-5
+KERAS_NOISE_FACTOR = 2
+# Max error over the largest |Keras output|, 32 units, 7 steps. Measured
+# (export/README.md): float16 <= 1e-3; dynamic range 2e-3 ... 3e-2, since it
+# also rounds activations to int8 at every step; int8 2e-2 ... 0.30, and up
+# to 0.39 for residual cores, whose states grow over the sequence beyond what
+# one int8 scale per tensor resolves.
+FLOAT16_RELATIVE = 1e-2
+DYNAMIC_RANGE_RELATIVE = 5e-2
+INT8_RELATIVE = {False: 0.35, True: 0.5}  # keyed by `residual`
+
+
+def assert_float_close(error, model, x, name=""):
+    """``error`` (max |export - keras| on ``x``) is within float32 noise."""
+    expected = np.asarray(model(x))
+    scale = max(1.0, float(np.max(np.abs(expected))))
+    if error <= FLOAT_TOLERANCE * scale:
+        return
+    layer = model.get_layer("feedback")
+    layer.engine = "xla"
+    try:
+        noise = float(np.max(np.abs(np.asarray(model(x)) - expected)))
+    finally:
+        layer.engine = "reference"
+    assert error <= KERAS_NOISE_FACTOR * noise, (name, error, scale, noise)
+
+
+def build(combination, units, features, seed):
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input((None, features))
+    hidden = keras_feedback.layers.Feedback(
+        units,
+        return_sequences=True,
+        engine="reference",
+        name="feedback",
+        **combination,
+    )(inputs)
+    return keras.Model(inputs, keras.layers.Dense(2, name="head")(hidden))
+
+
+UNITS = FEATURES = 32
+
+
+@pytest.fixture(scope="module")
+def float_exports(tmp_path_factory):
+    root = tmp_path_factory.mktemp("float_matrix")
+    entries = []
+    for i, combination in enumerate(COMBINATIONS):
+        model = build(combination, units=UNITS, features=FEATURES, seed=100 + i)
+        entries.append(
+            {
+                "combination": combination,
+                "model": model,
+                "saved_model": Path(export.export_saved_model(model, root / f"m{i}")),
+                "litert": export.export_litert(model, root / f"m{i}.tflite"),
+                "stream": export.export_litert(
+                    model, root / f"m{i}_step.tflite", streaming=True
+                ),
+            }
+        )
+    return entries
+
+
+_RELOAD_SCRIPT = textwrap.dedent(
+    """
+    import json, sys
+    import numpy as np
+    import tensorflow as tf
+
+    results = []
+    for entry in json.load(open(sys.argv[1])):
+        data = np.load(entry["data"])
+        x, expected = data["x"], data["y"]
+        signatures = tf.saved_model.load(entry["dir"]).signatures
+        served = signatures["serving_default"](x=tf.constant(x))["y"].numpy()
+        states = signatures["initial_state"](batch_size=tf.constant(x.shape[0]))
+        names = sorted(states)
+        steps = []
+        for t in range(x.shape[1]):
+            out = signatures["step"](x=tf.constant(x[:, t]), **states)
+            states = {n: out[n] for n in names}
+            steps.append(out["y"].numpy())
+        results.append({
+            "signatures": sorted(signatures),
+            "states": names,
+            "scale": max(1.0, float(np.max(np.abs(expected)))),
+            "serving": float(np.max(np.abs(served - expected))),
+            "step": float(np.max(np.abs(np.stack(steps, 1) - expected))),
+        })
+    print(json.dumps(results))
+    """
+)
+
+
+def test_saved_model_reloaded_in_another_process(float_exports, tmp_path):
+    """serving_default equals Keras, and `step` streamed over T steps from
+    `initial_state` reproduces the whole sequence, in a process that never
+    imported keras or keras_feedback."""
+    rng = np.random.default_rng(0)
+    manifest = []
+    for i, entry in enumerate(float_exports):
+        x = rng.normal(size=(5, 7, FEATURES)).astype("float32")
+        data = tmp_path / f"data{i}.npz"
+        np.savez(data, x=x, y=np.asarray(entry["model"](x)))
+        manifest.append({"dir": str(entry["saved_model"]), "data": str(data)})
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    script = tmp_path / "reload.py"
+    script.write_text(_RELOAD_SCRIPT)
+    result = subprocess.run(
+        [sys.executable, str(script), str(tmp_path / "manifest.json")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"),
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    reports = json.loads(result.stdout.strip().splitlines()[-1])
+    assert len(reports) == len(COMBINATIONS)
+    for report, combination, name in zip(reports, COMBINATIONS, IDS):
+        assert report["signatures"] == ["initial_state", "serving_default", "step"]
+        expected_states = sorted(f"feedback_{s}" for s in STATES[combination["core"]])
+        assert report["states"] == expected_states, name
+        bound = FLOAT_TOLERANCE * report["scale"]
+        assert report["serving"] <= bound, (name, report)
+        assert report["step"] <= bound, (name, report)
+
+
+def test_saved_model_cli_lists_the_three_signatures(float_exports):
+    """`saved_model_cli show --all` (the tool itself; 4 s a run) on the most
+    complete combination; the reload test checks the signatures of all."""
+    cli = shutil.which("saved_model_cli") or str(
+        Path(sys.executable).parent / "saved_model_cli"
+    )
+    entry = float_exports[-1]
+    assert entry["combination"] == {
+        "core": "lstm",
+        "attention": True,
+        "residual": True,
+        "output_units": 3,
+    }
+    result = subprocess.run(
+        [cli, "show", "--dir", str(entry["saved_model"]), "--all"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"),
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    out = result.stdout
+    for signature in ("serving_default", "step", "initial_state"):
+        assert f"signature_def['{signature}']" in out
+    for state in STATES["lstm"]:
+        assert f"inputs['feedback_{state}']" in out
+        assert f"outputs['feedback_{state}']" in out
+    assert "inputs['batch_size']" in out
+    assert "shape: (-1, -1, 32)" in out  # dynamic batch and time
+
+
+def _run_resized(interpreter, x):
+    detail = interpreter.get_input_details()[0]
+    interpreter.resize_tensor_input(detail["index"], x.shape)
+    interpreter.allocate_tensors()
+    interpreter.set_tensor(detail["index"], x)
+    interpreter.invoke()
+    return interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
+
+
+@pytest.mark.parametrize("index", range(len(COMBINATIONS)), ids=IDS)
+def test_litert_float(float_exports, index):
+    """Builtin ops only, dynamic batch and time through resize_tensor_input,
+    and the streaming model reproduces the sequence."""
+    entry = float_exports[index]
+    model = entry["model"]
+    ops = export.litert_ops(entry["litert"])
+    assert "WHILE" in ops
+    assert not [op for op in ops if op.startswith("Flex") or not op.isupper()], ops
+    stream_ops = export.litert_ops(entry["stream"])
+    assert "WHILE" not in stream_ops
+    assert not [op for op in stream_ops if op.startswith("Flex")], stream_ops
+    interpreter = Interpreter(model_path=entry["litert"])
+    rng = np.random.default_rng(index)
+    for batch, steps in ((1, 7), (5, 7), (1, 33), (5, 33)):
+        x = rng.normal(size=(batch, steps, FEATURES)).astype("float32")
+        error = np.max(np.abs(_run_resized(interpreter, x) - np.asarray(model(x))))
+        assert_float_close(error, model, x, (batch, steps))
+    x = rng.normal(size=(5, 33, FEATURES)).astype("float32")
+    report = export.verify_litert(model, entry["stream"], x)
+    assert report["streaming"]
+    assert_float_close(report["max_abs_error"], model, x, "step model")
+    report = export.verify_litert(model, entry["litert"], x)
+    assert not report["streaming"]
+    assert_float_close(report["max_abs_error"], model, x, "sequence model")
+
+
+def _tensor_types(path):
+    """Per operator of every subgraph: (op name, input and output types)."""
+    from ai_edge_litert import schema_py_generated as schema
+
+    content = Path(path).read_bytes()
+    root = schema.Model.GetRootAsModel(content, 0)
+    type_names = {v: k for k, v in vars(schema.TensorType).items() if k.isupper()}
+    op_names = {v: k for k, v in vars(schema.BuiltinOperator).items() if k.isupper()}
+    codes = [
+        op_names[max(c.BuiltinCode(), c.DeprecatedBuiltinCode())]
+        for c in (root.OperatorCodes(i) for i in range(root.OperatorCodesLength()))
+    ]
+    found = []
+    for g in range(root.SubgraphsLength()):
+        graph = root.Subgraphs(g)
+        for o in range(graph.OperatorsLength()):
+            op = graph.Operators(o)
+            tensors = [*op.InputsAsNumpy(), *op.OutputsAsNumpy()]
+            types = {
+                type_names[graph.Tensors(int(t)).Type()] for t in tensors if t >= 0
+            }
+            found.append((codes[op.OpcodeIndex()], types))
+    return found
+
+
+@pytest.fixture(scope="module")
+def quantized_exports(tmp_path_factory, float_exports):
+    root = tmp_path_factory.mktemp("quantized_matrix")
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(5, 7, FEATURES)).astype("float32")
+    calibration = rng.normal(size=(16, 7, FEATURES)).astype("float32")
+    rows = []
+    for i, entry in enumerate(float_exports):
+        model = entry["model"]
+        row = {
+            "float32": {"size_bytes": os.path.getsize(entry["litert"])},
+            "float32 step": {"size_bytes": os.path.getsize(entry["stream"])},
+        }
+        for label, options in (
+            ("float16", {"quantization": "float16"}),
+            ("dynamic_range", {"quantization": "dynamic_range"}),
+            (
+                "int8 step",
+                {
+                    "streaming": True,
+                    "quantization": "int8",
+                    "representative_data": calibration,
+                },
+            ),
+        ):
+            path = export.export_litert(
+                model, root / f"m{i}-{label.replace(' ', '_')}.tflite", **options
+            )
+            row[label] = dict(export.verify_litert(model, path, x), path=path)
+        rows.append(row)
+    labels = ("float16", "dynamic_range", "int8 step")
+    print("\nmax rel err (file size; float32 sequence, step):", *labels)
+    for name, row in zip(IDS, rows):
+        print(
+            name,
+            f"({row['float32']['size_bytes']} B,",
+            f"{row['float32 step']['size_bytes']} B)",
+            *(
+                f"{row[k]['max_rel_error']:.1e} ({row[k]['size_bytes']} B)"
+                for k in labels
+            ),
+        )
+    return rows
+
+
+@pytest.mark.parametrize("index", range(len(COMBINATIONS)), ids=IDS)
+def test_litert_quantized(quantized_exports, index):
+    row = quantized_exports[index]
+    residual = COMBINATIONS[index]["residual"]
+    float16, dynamic, int8 = row["float16"], row["dynamic_range"], row["int8 step"]
+    assert float16["max_rel_error"] <= FLOAT16_RELATIVE
+    assert dynamic["max_rel_error"] <= DYNAMIC_RANGE_RELATIVE
+    assert int8["max_rel_error"] <= INT8_RELATIVE[residual]
+    # Quantisation did happen, in the form each mode promises, and shrank
+    # the file.
+    float16_ops = _tensor_types(float16["path"])
+    assert any(
+        "FLOAT16" in types for op, types in float16_ops if op == "DEQUANTIZE"
+    )
+    assert any(
+        "INT8" in types and "FLOAT32" in types
+        for op, types in _tensor_types(dynamic["path"])
+        if op == "FULLY_CONNECTED"
+    )
+    for op, types in _tensor_types(int8["path"]):
+        if op not in ("QUANTIZE", "DEQUANTIZE"):
+            assert "FLOAT32" not in types, (op, types)
+    assert float16["size_bytes"] < row["float32"]["size_bytes"]
+    assert dynamic["size_bytes"] < float16["size_bytes"]
+    assert int8["size_bytes"] < row["float32 step"]["size_bytes"]
+    for report in (float16, dynamic, int8):
+        assert report["max_abs_error"] > 0
+        assert not [op for op in report["ops"] if op.startswith("Flex")]
