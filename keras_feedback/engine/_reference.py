@@ -58,7 +58,9 @@ def run(
     steps = tf.transpose(inputs, [1, 0, 2])
     keep_steps = None
     if mask is not None:
-        keep_steps = tf.transpose(tf.cast(mask, tf.bool), [1, 0])[..., None]
+        # expand_dims, not [..., None]: LiteRT has no builtin StridedSlice on
+        # bool tensors.
+        keep_steps = tf.expand_dims(tf.transpose(tf.cast(mask, tf.bool), [1, 0]), -1)
     if go_backwards:
         steps = tf.reverse(steps, [0])
         if keep_steps is not None:
