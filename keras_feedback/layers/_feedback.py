@@ -506,8 +506,9 @@ class Feedback(keras.layers.Layer):
             sequences, each ``(batch, time, size)``.
         zero_output_for_mask: bool, masked steps output zeros instead of the
             previous output (``Bidirectional`` sets it).
-        engine: ``"auto"`` or ``"reference"``: which recurrence engine runs
-            the loop.
+        engine: ``"auto"`` (default: ``"xla"``, or ``"reference"`` with
+            ``unroll=True``), ``"xla"`` (XLA-compiled forward and backward
+            loops) or ``"reference"`` (a plain ``tf.while_loop``).
         **kwargs: every argument of ``keras_feedback.layers.FeedbackCell``
             (``feedback_units``, ``core``, activations, ``attention``,
             ``residual``, initializers, dropout, ...) and the base Layer
