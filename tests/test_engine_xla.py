@@ -376,3 +376,75 @@ def test_pad_time_keeps_results_and_bounds_shapes(rng, go_backwards):
 def test_pad_time_rejects_bad_arguments(args, pattern):
     with pytest.raises(ValueError, match=pattern):
         engines.pad_time(*args)
+
+
+@pytest.mark.parametrize("core", CORES)
+def test_batch_shards_equal_reference(rng, monkeypatch, core):
+    # Three uneven shards (6, 6, 5 rows) whatever the machine's core count:
+    # per-example params (a recurrent dropout mask), masks, initial states,
+    # traces and go_backwards are split with the batch and put back in order.
+    monkeypatch.setattr(engines._xla, "shard_count", lambda batch=None: 3)
+    cell = _random_cell(
+        rng, core, 4, 2, None, attention=core == "gru", residual=core == "lstm"
+    )
+    batch, time = 17, 6
+    width = cell.spec.gates * 4
+    projected = tf.constant(rng.standard_normal((batch, time, width)), tf.float32)
+    states = [
+        tf.constant(rng.standard_normal((batch, size)), tf.float32)
+        for size in cell.state_size
+    ]
+    params = {
+        "weights": cell.step_params(),
+        "recurrent_mask": tf.constant(rng.uniform(0.0, 2.0, (batch, 4)), tf.float32),
+    }
+    mask = tf.constant(rng.random((batch, time)) < 0.7)
+    options = dict(
+        go_backwards=core != "simple",
+        return_sequences=True,
+        trace_sizes=cell.spec.trace_sizes,
+    )
+    expected = _run_engine("reference", cell, params, projected, states, mask, options)
+    actual = _run_engine(
+        "xla",
+        cell,
+        params,
+        projected,
+        states,
+        mask,
+        dict(options, per_example=("recurrent_mask",)),
+    )
+    for kind in (0, 1):
+        assert len(actual[kind]) == len(expected[kind])
+        for a, e in zip(actual[kind], expected[kind]):
+            _assert_close(a, e)
+
+
+def test_shard_count_follows_batch_and_devices():
+    cores = engines._xla._cores()
+    assert engines._xla.shard_count(1) == 1
+    assert engines._xla.shard_count(8 * cores) == min(cores, engines._xla.MAX_SHARDS)
+    assert 1 <= engines._xla.shard_count(None) <= engines._xla.MAX_SHARDS
+
+
+def test_gradient_of_a_function_traced_without_tape(rng):
+    # Traced with no tape active, the forward loop saves no states; a tape
+    # around the call must still get exact gradients (recomputed states).
+    x = tf.constant(rng.standard_normal((20, 5, 3)), tf.float32)
+    ref, fused = _layer_pair(rng, x, core="gru", feedback_units=2)
+    call = tf.function(lambda x: fused(x))
+    call(x)  # traced here, outside any tape
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        y = call(x)
+        loss = tf.reduce_sum(y * tf.cos(y))
+    grads = tape.gradient(loss, [x] + fused.trainable_weights)
+    y_ref, g_ref = None, None
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        y_ref = ref(x)
+        loss = tf.reduce_sum(y_ref * tf.cos(y_ref))
+    g_ref = tape.gradient(loss, [x] + ref.trainable_weights)
+    _assert_close(y, y_ref)
+    for a, e in zip(grads, g_ref):
+        _assert_close(a, e)

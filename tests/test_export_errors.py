@@ -105,24 +105,26 @@ def test_quantization_arguments(tmp_path, rng):
     path = tmp_path / "model.tflite"
     with pytest.raises(ValueError, match="`quantization` must be None or.*'int4'"):
         export.export_litert(model, path, quantization="int4")
-    with pytest.raises(ValueError, match="`representative_data` is required.*got None"):
-        export.export_litert(model, path, quantization="int8", streaming=True)
-    with pytest.raises(ValueError, match="'int8' needs streaming=True"):
-        export.export_litert(
-            model, path, quantization="int8", representative_data=np.zeros((2, 4, 3))
-        )
+    for streaming in (False, True):
+        with pytest.raises(
+            ValueError, match="`representative_data` is required.*got None"
+        ):
+            export.export_litert(
+                model, path, quantization="int8", streaming=streaming
+            )
     message = (
         r"`representative_data`: input 'x' must have shape \(None, None, 3\), "
         r"got \(2, 4, 5\)"
     )
-    with pytest.raises(ValueError, match=message):
-        export.export_litert(
-            model,
-            path,
-            quantization="int8",
-            streaming=True,
-            representative_data=rng.normal(size=(2, 4, 5)),
-        )
+    for streaming in (False, True):
+        with pytest.raises(ValueError, match=message):
+            export.export_litert(
+                model,
+                path,
+                quantization="int8",
+                streaming=streaming,
+                representative_data=rng.normal(size=(2, 4, 5)),
+            )
     assert not path.exists()
 
 

@@ -31,6 +31,7 @@ def run(
     zero_output_for_mask=False,
     unroll=False,
     trace_sizes=None,
+    per_example=None,
 ):
     """Runs ``step_fn`` over the time axis of ``inputs``.
 
@@ -48,6 +49,8 @@ def run(
         return_sequences: keep every step's output, or only the last.
         unroll: a Python loop over a static time axis instead of a while loop.
         trace_sizes: dict name -> size of the per-step trace to record.
+        per_example: accepted for the engines' common signature (see the
+            fused engine); this engine always runs one loop.
 
     Returns:
         ``(outputs, last_output, final_states, traces)``: ``outputs`` is

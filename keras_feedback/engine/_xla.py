@@ -5,8 +5,9 @@ the loop runs and how it is differentiated:
 
 - the forward loop is one ``tf.function(jit_compile=True)``. It writes the
   outputs and the state *entering* every step into preallocated time-major
-  tensors (``tensor_scatter_nd_update``, which XLA turns into an in-place
-  dynamic-update-slice); nothing is a TensorArray/TensorList;
+  tensors (in-place dynamic-update-slices); nothing is a
+  TensorArray/TensorList. Under no gradient tape (inference) it writes no
+  states;
 - a ``tf.custom_gradient`` replaces autodiff through the loop (which would
   build TensorList accumulators XLA cannot size). Its backward pass is a
   second compiled loop that runs time in reverse and, at every step,
@@ -19,6 +20,9 @@ the loop runs and how it is differentiated:
   large matmul of that input gradient, outside the engine (the layer
   projects all steps at once).
 
+On CPU the batch is split into ``shard_count`` parts, each its own pair of
+compiled loops, which TensorFlow's executor runs side by side on the cores.
+
 Masked steps, ``go_backwards``, traces, initial states and every parameter
 (a recurrent dropout mask included) get their gradients. XLA compiles each
 loop once per distinct input shape (batch, time); ``pad_time`` and
@@ -27,12 +31,18 @@ loop once per distinct input shape (batch, time); ``pad_time`` and
 
 import dataclasses
 import functools
+import os
 from typing import Callable
 from typing import Optional
 
 import tensorflow as tf
+from tensorflow.compiler.tf2xla.ops import gen_xla_ops
+from tensorflow.python.eager import record
 
 _HALF = (tf.float16, tf.bfloat16)
+# Batch shards run side by side on CPU (see ``shard_count``).
+MAX_SHARDS = 8
+MIN_SHARD_ROWS = 8
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,18 +56,29 @@ class _Config:
     zero_output_for_mask: bool
     traces: tuple  # ((name, size), ...) of the recorded per-step traces
     steps: Optional[int]  # static time for unroll=True, else None
+    save: bool = True  # write the states entering every step (for backward)
+
+
+def _start(t, rank, axis=0):
+    """Start indices of a dynamic-update-slice at ``t`` on ``axis``."""
+    zero = tf.zeros([], tf.int32)
+    t = tf.cast(t, tf.int32)
+    return tf.stack([t if a == axis else zero for a in range(rank)])
 
 
 def _write(buffer, t, value):
-    """``buffer[t] = value``; XLA makes it an in-place dynamic-update-slice."""
-    return tf.tensor_scatter_nd_update(buffer, [[t]], value[None])
+    """``buffer[t] = value``: an in-place dynamic-update-slice (also for an
+    empty batch, where a scatter does not compile)."""
+    return gen_xla_ops.xla_dynamic_update_slice(
+        buffer, value[None], _start(t, buffer.shape.rank)
+    )
 
 
 def _write_batch_major(buffer, t, value):
-    """``buffer[:, t] = value`` for a ``(B, T, k)`` buffer."""
-    batch = tf.range(tf.shape(value)[0])
-    indices = tf.stack([batch, tf.broadcast_to(t, tf.shape(batch))], axis=-1)
-    return tf.tensor_scatter_nd_update(buffer, indices, value)
+    """``buffer[:, t] = value`` for a ``(B, T, ...)`` buffer."""
+    return gen_xla_ops.xla_dynamic_update_slice(
+        buffer, tf.expand_dims(value, 1), _start(t, buffer.shape.rank, axis=1)
+    )
 
 
 def _time_major(x):
@@ -180,17 +201,19 @@ def _forward(cfg, params, inputs, keep, states):
             held = tf.zeros_like(output) if cfg.zero_output_for_mask else last_output
             output = tf.where(kept, output, held)
             trace = {k: tf.where(kept, trace[k], last_trace[k]) for k in trace}
-        values = list(states)
+        values = list(states) if cfg.save else []
         if cfg.return_sequences:
             values.append(output)
         values += [trace[k] for k in trace_sizes]
         return (new_states, output, trace), values
 
+    n_saved = len(states) if cfg.save else 0
+
     def index(t):
         i = _input_index(cfg, num_steps, t)
-        return [i] * len(states) + [t] * (len(buffers) - len(states))
+        return [i] * n_saved + [t] * (len(buffers) - n_saved)
 
-    buffers = [zeros(tf.shape(s)[-1], time=True) for s in states]
+    buffers = [zeros(tf.shape(s)[-1], time=True) for s in states[:n_saved]]
     if cfg.return_sequences:
         buffers.append(zeros(cfg.output_size, time=True))
     buffers += [zeros(n, time=True) for n in trace_sizes.values()]
@@ -202,8 +225,8 @@ def _forward(cfg, params, inputs, keep, states):
     (states, last_output, _), buffers = _loop(
         num_steps, read, body, carry, buffers, index, cfg.steps
     )
-    saved = buffers[: len(states)]
-    buffers = [_time_major(b) for b in buffers[len(states) :]]
+    saved = buffers[:n_saved]
+    buffers = [_time_major(b) for b in buffers[n_saved:]]
     outputs = buffers.pop(0) if cfg.return_sequences else None
     traces = dict(zip(trace_sizes, buffers))
     return outputs, last_output, list(states), traces, saved
@@ -320,6 +343,49 @@ def _compiled(cfg):
     return forward, backward
 
 
+def _cores():
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def shard_count(batch=None):
+    """How many batch shards the engine runs side by side (CPU only).
+
+    XLA:CPU runs one loop on one core: a recurrence is a chain of small
+    matmuls that it does not split across threads (measured: the same time
+    pinned to one core). Independent loops over parts of the batch, each a
+    separate compiled call, are run concurrently by TensorFlow's executor
+    (measured on 2 cores, B=64, H=128: 1.4x simple, 1.4x GRU, 1.65x LSTM).
+    One shard per core available to this replica, at least
+    ``MIN_SHARD_ROWS`` rows each when the batch is known; one on a GPU.
+    """
+    if tf.config.list_logical_devices("GPU"):
+        return 1
+    cores = _cores()
+    threads = tf.config.threading.get_inter_op_parallelism_threads()
+    if threads:
+        cores = min(cores, threads)
+    replicas = tf.distribute.get_strategy().num_replicas_in_sync
+    shards = min(MAX_SHARDS, max(1, cores // replicas))
+    if batch is not None:
+        shards = min(shards, max(1, batch // MIN_SHARD_ROWS))
+    return shards
+
+
+def _split_batch(structure, sizes):
+    """``structure``'s tensors split along axis 0 into ``len(sizes)`` parts."""
+    shards = int(sizes.shape[0])
+    parts = [
+        [None] * shards if x is None else tf.split(x, sizes, axis=0)
+        for x in tf.nest.flatten(structure)
+    ]
+    return [
+        tf.nest.pack_sequence_as(structure, [p[i] for p in parts])
+        for i in range(shards)
+    ]
+
+
 def run(
     step_fn,
     params,
@@ -333,6 +399,7 @@ def run(
     zero_output_for_mask=False,
     unroll=False,
     trace_sizes=None,
+    per_example=None,
 ):
     """Runs ``step_fn`` over the time axis of ``inputs`` with XLA.
 
@@ -350,6 +417,10 @@ def run(
         return_sequences: keep every step's output, or only the last.
         unroll: unroll both compiled loops over a static time axis.
         trace_sizes: dict name -> size of the per-step trace to record.
+        per_example: the keys of ``params`` (a dict) whose tensors have the
+            batch on axis 0 (a recurrent dropout mask, say); ``()`` when none
+            has. Given, the batch may be run as ``shard_count`` independent
+            loops side by side; None (unknown) keeps one loop.
 
     Returns:
         ``(outputs, last_output, final_states, traces)``: ``outputs`` is
@@ -363,8 +434,6 @@ def run(
         )
     initial_states = [tf.convert_to_tensor(s) for s in initial_states]
     keep = None if mask is None else tf.cast(mask, tf.bool)
-    leaves = [tf.convert_to_tensor(leaf) for leaf in tf.nest.flatten(params)]
-    floating = _floating(leaves)
     cfg = _Config(
         step_fn=step_fn,
         output_size=int(output_size),
@@ -374,10 +443,48 @@ def run(
         traces=tuple((trace_sizes or {}).items()),
         steps=inputs.shape[1] if unroll else None,
     )
-    forward, backward = _compiled(cfg)
+    shards = 1 if per_example is None else shard_count(inputs.shape[0])
+    if shards == 1:
+        return _run(cfg, params, inputs, keep, initial_states)
+    batch = tf.shape(inputs)[0]
+    sizes = tf.stack([(batch + shards - 1 - i) // shards for i in range(shards)])
+    sharded = {k: params[k] for k in per_example}
+    per_shard = _split_batch((inputs, keep, initial_states, sharded), sizes)
+    results = []
+    for inputs_i, keep_i, states_i, sharded_i in per_shard:
+        results.append(
+            _run(cfg, {**params, **sharded_i}, inputs_i, keep_i, states_i)
+        )
+    def concat(*parts):
+        return None if parts[0] is None else tf.concat(parts, 0)
+
+    return tf.nest.map_structure(concat, *results)
+
+
+def _recording(tensors):
+    """Whether a gradient tape records operations on ``tensors``.
+
+    False for inference (``predict``): the forward loop then does not write
+    the states its backward pass would need. A gradient asked for anyway
+    (e.g. of a ``tf.function`` traced without a tape) recomputes them.
+    """
+    try:
+        return bool(record.should_record_backprop(tensors))
+    except Exception:  # noqa: BLE001 - an internal API; when in doubt, save
+        return True
+
+
+def _run(cfg, params, inputs, keep, initial_states):
+    """One fused loop over the whole (shard of the) batch."""
+    leaves = [tf.convert_to_tensor(leaf) for leaf in tf.nest.flatten(params)]
+    floating = _floating(leaves)
     trace_keys = [k for k, _ in cfg.traces]
     n_states = len(initial_states)
     masked = keep is not None
+    args = [inputs] + ([keep] if masked else []) + list(initial_states)
+    args += [leaves[i] for i in floating]
+    save = _recording([a for a in args if a.dtype.is_floating])
+    forward, backward = _compiled(dataclasses.replace(cfg, save=save))
 
     def unpack(args):
         args = list(args)
@@ -410,12 +517,16 @@ def run(
             g_last = upstream.pop(0)
             g_states = upstream[:n_states]
             g_traces = dict(zip(trace_keys, upstream[n_states:]))
+            entering = saved
+            if not save:
+                saving, _ = _compiled(dataclasses.replace(cfg, save=True))
+                entering = saving(params_in, inputs, keep, states)[-1]
             d_inputs, d_states, d_leaves = backward(
                 params_in,
                 inputs,
                 keep,
                 states,
-                saved,
+                entering,
                 (g_outputs, g_last, g_states, g_traces),
             )
             d_args = [d_inputs] + ([None] if masked else [])
@@ -428,8 +539,7 @@ def run(
 
         return results, grad
 
-    args = [inputs] + ([keep] if masked else []) + initial_states
-    results = list(fused(*args, *[leaves[i] for i in floating]))
+    results = list(fused(*args))
     outputs = results.pop(0) if cfg.return_sequences else None
     last_output = results.pop(0)
     final_states = results[:n_states]

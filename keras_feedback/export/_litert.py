@@ -122,27 +122,18 @@ def _conversion_error(error, model):
     return ValueError(f"LiteRT conversion of model {model.name!r} failed: {error}")
 
 
-def _check_quantization(quantization, representative_data, streaming):
+def _check_quantization(quantization, representative_data):
     if quantization is not None and quantization not in QUANTIZATIONS:
         raise ValueError(
             f"Argument `quantization` must be None or one of {QUANTIZATIONS}, "
             f"got {quantization!r}"
         )
-    if quantization == "int8":
-        if representative_data is None:
-            raise ValueError(
-                "Argument `representative_data` is required for "
-                "quantization='int8' (full integer quantization calibrates the "
-                "range of every tensor on it), got None"
-            )
-        if not streaming:
-            raise ValueError(
-                "Argument `quantization`='int8' needs streaming=True: LiteRT's "
-                "quantizer does not calibrate the tensors a WHILE loop carries "
-                "(a whole-sequence int8 model outputs noise), while the step "
-                "model has no loop. Use 'float16' or 'dynamic_range' for "
-                "whole sequences."
-            )
+    if quantization == "int8" and representative_data is None:
+        raise ValueError(
+            "Argument `representative_data` is required for "
+            "quantization='int8' (full integer quantization calibrates the "
+            "range of every tensor on it), got None"
+        )
 
 
 def _calibration_batches(plan, representative_data):
@@ -177,6 +168,12 @@ def _step_samples(plan, representative_data):
     return samples[::stride]
 
 
+def _sequence_samples(plan, representative_data):
+    """Calibration inputs of the whole-sequence model: the batches as given."""
+    batches = _calibration_batches(plan, representative_data)
+    return batches[:: -(-len(batches) // _MAX_CALIBRATION_BATCHES)]
+
+
 def _concrete_function(plan, kind):
     functions = {"sequence": plan.sequence_fn, "step": plan.step_fn}
     with _common.export_mode(plan.model):
@@ -186,7 +183,7 @@ def _concrete_function(plan, kind):
         return function.get_concrete_function()
 
 
-def _converter(plan, concrete_function, quantization, samples):
+def _converter(plan, concrete_function, quantization, samples, streaming):
     converter = tf.lite.TFLiteConverter.from_concrete_functions(
         [concrete_function], plan.model
     )
@@ -204,11 +201,143 @@ def _converter(plan, concrete_function, quantization, samples):
             [sample[name] for name in names] for sample in samples
         )
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-        # The MLIR quantizer rejects the concatenation of the sigmoid feedback
-        # signal with the hidden state (fixed vs calibrated scales); the
-        # calibration-based quantizer requantizes the inputs of the concat.
-        converter.experimental_new_quantizer = False
+        # Step model: the MLIR quantizer rejects the concatenation of the
+        # sigmoid feedback signal with the hidden state (fixed vs calibrated
+        # scales); the calibration-based quantizer requantizes the inputs of
+        # the concat. Whole sequences: that quantizer does not support WHILE.
+        converter.experimental_new_quantizer = not streaming
     return converter
+
+
+def _quantize_sequence_int8(converter, samples, names):
+    """The whole-sequence model in int8, its SCATTER_ND ops in float32.
+
+    The recurrence writes each step's output into the output sequence with
+    ``tf.tensor_scatter_nd_update``, which LiteRT runs as SCATTER_ND ops on a
+    one-hot mask. An int8 SCATTER_ND fills the positions it does not write
+    with the integer 0, which is the real 0 only for a zero point of 0; the
+    quantizer gives the mask (values in [0, 1]) the zero point -128, so the
+    mask reads 0.5 where it should read 0 and every write halves the outputs
+    written before (only the last step survived). Those ops only move data:
+    keeping them float costs no precision. The quantizer's denylist is
+    reached through ``tf.lite.experimental.QuantizationDebugger``.
+    """
+    def dataset():
+        return ([sample[name] for name in names] for sample in samples)
+
+    debugger = tf.lite.experimental.QuantizationDebugger(
+        converter=converter,
+        debug_dataset=dataset,
+        debug_options=tf.lite.experimental.QuantizationDebugOptions(
+            denylisted_ops=["SCATTER_ND", "CONCATENATION"]
+        ),
+    )
+    return debugger.get_nondebug_quantized_model()
+
+
+# Ops whose hybrid kernel (int8 constant weights, float32 input) also rounds
+# its float input to int8 at every call. In a recurrence that rounding is
+# repeated at every step and compounds through the states.
+_HYBRID_OPS = frozenset(
+    """BATCH_MATMUL CONV_2D CONV_3D DEPTHWISE_CONV_2D FULLY_CONNECTED
+    TRANSPOSE_CONV""".split()
+)
+
+
+def _dequantize_weights(content):
+    """``content`` with every int8 weight of a hybrid op behind a DEQUANTIZE.
+
+    The dynamic-range converter stores the kernels in int8 (one scale per
+    output channel) and picks hybrid kernels that quantise the activations
+    on the fly. Here each such weight goes through a builtin DEQUANTIZE op
+    instead, so that the op computes in float32: the file keeps the int8
+    weights, and LiteRT dequantises a constant input once and keeps the
+    result (as it does for float16 weights), so the model runs the float32
+    math on int8-rounded weights.
+
+    Returns:
+        ``(content, count)``: the new model and the number of weights routed.
+    """
+    import flatbuffers
+    from ai_edge_litert import schema_py_generated as schema
+
+    model = schema.ModelT.InitFromPackedBuf(content, 0)
+    names = _builtin_names()
+    codes = [
+        names.get(max(code.builtinCode, code.deprecatedBuiltinCode))
+        for code in model.operatorCodes
+    ]
+    count = 0
+    for graph in model.subgraphs:
+        routed = {}  # int8 weight tensor -> its float32 copy
+        added = []
+        for op in graph.operators:
+            if codes[op.opcodeIndex] not in _HYBRID_OPS or (
+                graph.tensors[op.outputs[0]].type != schema.TensorType.FLOAT32
+            ):
+                continue
+            inputs = list(op.inputs)
+            for position, index in enumerate(inputs):
+                if index < 0 or not _is_int8_constant(model, graph.tensors[index]):
+                    continue
+                if index not in routed:
+                    tensor = graph.tensors[index]
+                    result = schema.TensorT()
+                    result.shape = list(tensor.shape)
+                    result.type = schema.TensorType.FLOAT32
+                    result.buffer = 0
+                    result.name = bytes(tensor.name) + b"/dequantized"
+                    graph.tensors.append(result)
+                    routed[index] = len(graph.tensors) - 1
+                    dequantize = schema.OperatorT()
+                    dequantize.opcodeIndex = _operator_code(
+                        model, codes, "DEQUANTIZE", _dequantize_version(tensor)
+                    )
+                    dequantize.inputs = [index]
+                    dequantize.outputs = [routed[index]]
+                    added.append(dequantize)
+                inputs[position] = routed[index]
+            op.inputs = inputs
+        # The new ops read constants only: they can run first.
+        graph.operators = added + list(graph.operators)
+        count += len(added)
+    builder = flatbuffers.Builder(len(content) + 1024)
+    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
+    return bytes(builder.Output()), count
+
+
+def _is_int8_constant(model, tensor):
+    from ai_edge_litert import schema_py_generated as schema
+
+    data = model.buffers[tensor.buffer].data
+    return tensor.type == schema.TensorType.INT8 and data is not None and len(data) > 0
+
+
+def _dequantize_version(tensor):
+    """The DEQUANTIZE operator version that reads ``tensor``: 2 for int8,
+    5 for int8 with one scale per channel (LiteRT's op versioning)."""
+    scales = tensor.quantization.scale if tensor.quantization else None
+    return 5 if scales is not None and len(scales) > 1 else 2
+
+
+def _operator_code(model, codes, name, version):
+    """Index of the operator code of builtin ``name`` at ``version`` or
+    later, added or raised as needed."""
+    from ai_edge_litert import schema_py_generated as schema
+
+    if name in codes:
+        code = model.operatorCodes[codes.index(name)]
+        code.version = max(code.version, version)
+        return codes.index(name)
+    value = getattr(schema.BuiltinOperator, name)
+    code = schema.OperatorCodeT()
+    code.builtinCode = value
+    # The deprecated one-byte field holds the codes below 127.
+    code.deprecatedBuiltinCode = min(value, 127)
+    code.version = version
+    model.operatorCodes.append(code)
+    codes.append(name)
+    return len(codes) - 1
 
 
 def _flat_names(structure):
@@ -314,7 +443,7 @@ def export_litert(
     True
     """
     _common.check_model(model)
-    _check_quantization(quantization, representative_data, streaming)
+    _check_quantization(quantization, representative_data)
     path = os.fspath(path)
     _common.check_target(path, overwrite, "path")
     plan = _trace.ExportPlan(model)
@@ -325,10 +454,13 @@ def export_litert(
         )
     samples = None
     if quantization == "int8":
-        samples = _step_samples(plan, representative_data)
+        if streaming:
+            samples = _step_samples(plan, representative_data)
+        else:
+            samples = _sequence_samples(plan, representative_data)
     kind = "step" if streaming else "sequence"
     function = _concrete_function(plan, kind)
-    converter = _converter(plan, function, quantization, samples)
+    converter = _converter(plan, function, quantization, samples, streaming)
     try:
         with warnings.catch_warnings():
             # The calibration quantizer's note that float inputs keep no
@@ -336,9 +468,20 @@ def export_litert(
             warnings.filterwarnings(
                 "ignore", message="Statistics for quantized inputs were expected"
             )
-            content = converter.convert()
+            # The debugger's own (unused) interpreter is tf.lite's.
+            warnings.filterwarnings("ignore", message=".*tf.lite.Interpreter")
+            if quantization == "int8" and not streaming:
+                content = _quantize_sequence_int8(
+                    converter,
+                    samples,
+                    _flat_names(function.structured_input_signature[0][0]),
+                )
+            else:
+                content = converter.convert()
     except Exception as error:  # the converter raises ConverterError
         raise _conversion_error(error, model) from None
+    if quantization == "dynamic_range":
+        content, _ = _dequantize_weights(content)
     content = _with_signature(
         content,
         STEP_SIGNATURE if streaming else SEQUENCE_SIGNATURE,

@@ -683,8 +683,16 @@ class Feedback(keras.layers.Layer):
         projected = math.project_inputs(cell.spec, params, sequences)
         engine_params = {"weights": params}
         recurrent_mask = cell.recurrent_dropout_mask(batch, training)
+        # The params with a batch axis, which the engine may split with the
+        # batch: the recurrent dropout mask. A parametric activation's
+        # training noise (per batch row, inside the weights) is not declared,
+        # so such a layer keeps the batch in one loop when training.
+        per_example = ()
         if recurrent_mask is not None:
             engine_params["recurrent_mask"] = recurrent_mask
+            per_example = ("recurrent_mask",)
+        if training and cell._parametric_activations():
+            per_example = None
         outputs, last_output, final_states, traces = engines.get(self.engine)(
             math.make_step_fn(cell.spec),
             engine_params,
@@ -697,6 +705,7 @@ class Feedback(keras.layers.Layer):
             zero_output_for_mask=self.zero_output_for_mask,
             unroll=self.unroll,
             trace_sizes=cell.spec.trace_sizes if self.return_trace else None,
+            per_example=per_example,
         )
         if self.stateful:
             for variable, value in zip(self._state_variables, final_states):
