@@ -85,11 +85,19 @@ class StepSpec:
         return sizes
 
 
-def project_inputs(spec, params, inputs):
+def input_bias(spec, params):
+    """The bias of the input projection (its input part for gru), or None."""
+    if not spec.use_bias:
+        return None
+    return params["bias"][0] if spec.core == "gru" else params["bias"]
+
+
+def project_inputs(spec, params, inputs, bias=True):
     """The input projection ``x W_x + b`` (input part of the bias for gru).
 
     Works for one step ``(B, D)`` or all steps at once ``(B, T, D)``: the
-    engine calls it once, before the loop, as one large matmul.
+    engine calls it once, before the loop, as one large matmul. ``bias=False``
+    leaves ``b`` out (the engine's step then adds it, see ``make_step_fn``).
     """
     kernel = params["kernel"]
     if inputs.shape.rank == 2:
@@ -102,9 +110,8 @@ def project_inputs(spec, params, inputs):
         projected = tf.reshape(
             tf.matmul(flat, kernel), tf.concat([lead, tf.shape(kernel)[-1:]], 0)
         )
-    if spec.use_bias:
-        bias = params["bias"]
-        projected = projected + (bias[0] if spec.core == "gru" else bias)
+    if bias and spec.use_bias:
+        projected = projected + input_bias(spec, params)
     return projected
 
 
@@ -236,17 +243,36 @@ def step(spec, params, projected, states, recurrent_mask=None):
 
 
 @functools.lru_cache(maxsize=None)
-def make_step_fn(spec):
+def make_step_fn(spec, add_input_bias=False):
     """The engine's step function for ``spec``.
 
     ``params`` is ``{"weights": ..., "recurrent_mask": ...}`` (the mask only
-    when recurrent dropout is active). Cached, so that an engine that traces
-    or compiles per step function sees the same function for the same spec.
+    when recurrent dropout is active). ``add_input_bias``: the step adds the
+    input projection's bias, for inputs from ``make_project_fn``. Cached, so
+    that an engine that traces or compiles per step function sees the same
+    function for the same spec.
     """
 
     def step_fn(params, projected, states):
-        return step(
-            spec, params["weights"], projected, states, params.get("recurrent_mask")
-        )
+        weights = params["weights"]
+        if add_input_bias and spec.use_bias:
+            projected = projected + input_bias(spec, weights)
+        return step(spec, weights, projected, states, params.get("recurrent_mask"))
 
     return step_fn
+
+
+@functools.lru_cache(maxsize=None)
+def make_project_fn(spec):
+    """The engine's projection for ``spec``: ``project(params, sequences)``.
+
+    One matmul without the bias, which ``make_step_fn(spec, True)`` adds
+    inside the step: a bias added to the whole ``(B, T, G)`` projection
+    would be a second tensor of that size in the compiled backward pass.
+    ``params`` as for ``make_step_fn``. Cached for the same reason.
+    """
+
+    def project_fn(params, sequences):
+        return project_inputs(spec, params["weights"], sequences, bias=False)
+
+    return project_fn

@@ -32,6 +32,7 @@ def run(
     unroll=False,
     trace_sizes=None,
     per_example=None,
+    project=None,
 ):
     """Runs ``step_fn`` over the time axis of ``inputs``.
 
@@ -51,12 +52,16 @@ def run(
         trace_sizes: dict name -> size of the per-step trace to record.
         per_example: accepted for the engines' common signature (see the
             fused engine); this engine always runs one loop.
+        project: optional ``project(params, inputs)``: ``inputs`` are then
+            the sequences it projects to the per-step inputs, all at once.
 
     Returns:
         ``(outputs, last_output, final_states, traces)``: ``outputs`` is
         ``(B, T, output_size)`` or None, ``traces`` a dict of ``(B, T, k)``.
     """
     trace_sizes = dict(trace_sizes or {})
+    if project is not None:
+        inputs = project(params, inputs)
     dtype = inputs.dtype
     steps = tf.transpose(inputs, [1, 0, 2])
     keep_steps = None

@@ -57,6 +57,7 @@ class _Config:
     traces: tuple  # ((name, size), ...) of the recorded per-step traces
     steps: Optional[int]  # static time for unroll=True, else None
     save: bool = True  # write the states entering every step (for backward)
+    project: Optional[Callable] = None  # project(params, inputs), see ``run``
 
 
 def _start(t, rank, axis=0):
@@ -92,19 +93,37 @@ def _relaxed(shape):
     return tf.TensorShape([None] * (shape.rank - 1) + shape[-1:])
 
 
-def _loop(num_steps, read, body, carry, buffers, index, steps=None, writers=None):
+def _loop(
+    num_steps,
+    read,
+    body,
+    carry,
+    buffers,
+    index,
+    steps=None,
+    writers=None,
+    pipelined=True,
+):
     """Runs ``body`` for ``t`` in ``range(num_steps)``; returns carry, buffers.
 
-    ``read(t)`` slices step ``t``'s inputs out of whole-sequence tensors;
+    ``read(t, buffers)`` slices step ``t``'s inputs out of whole-sequence
+    tensors (``buffers`` as they are when step ``t`` starts: a buffer may
+    hold the inputs that its own writes replace, step by step);
     ``body(t, current, carry) -> (carry, values)``; ``values[k]`` is written
     into ``buffers[k]`` at index ``index(t)[k]`` by ``writers[k]`` (default
     ``_write``, along the first axis).
 
-    The while loop reads one step ahead and writes one step behind, carrying
-    the slices and the values: XLA:CPU does not vectorize an elementwise
-    fusion that also holds a dynamic slice or a dynamic-update-slice, and
-    fuses exactly those unless a loop boundary separates them (measured: a
-    GRU step ran 2.5x slower). ``steps`` (static) unrolls the loop instead.
+    ``pipelined``: the while loop reads one step ahead and writes one step
+    behind, carrying the slices and the values. XLA:CPU does not vectorize
+    an elementwise fusion that also holds a dynamic slice of a tensor the
+    loop only reads, and fuses exactly those unless a loop boundary
+    separates them (measured: a GRU step ran 2.5x slower). The last write
+    then falls after the loop, where XLA copies the whole buffer first (one
+    more buffer of its size); an extra iteration that only writes keeps it
+    in the loop. Not pipelined, a step reads and writes in place: right for
+    a buffer whose step ``t`` is read and then replaced by its write (XLA
+    keeps the read out of the step's fusions there). ``steps`` (static)
+    unrolls the loop instead.
     """
     buffers = list(buffers)
     writers = writers or [_write] * len(buffers)
@@ -112,33 +131,53 @@ def _loop(num_steps, read, body, carry, buffers, index, steps=None, writers=None
     def write(buffers, indices, values):
         return [w(b, i, v) for w, b, i, v in zip(writers, buffers, indices, values)]
 
-    if steps is not None:
-        for t in range(steps):
-            carry, values = body(t, read(t), carry)
-            buffers = write(buffers, index(t), values)
-        return carry, buffers
-
-    def iteration(t, current, carry, buffers, pending_index, pending):
-        buffers = write(buffers, pending_index, pending)
-        carry, values = body(t, current, carry)
-        ahead = read(tf.minimum(t + 1, num_steps - 1))
-        return t + 1, ahead, carry, buffers, indices(t), list(values)
-
     def indices(t):
         return [tf.convert_to_tensor(i, tf.int32) for i in index(t)]
 
-    # The first write (zeros at step 0's index) is overwritten a step later.
-    loop_vars = (
-        tf.constant(0),
-        read(0),
-        carry,
-        buffers,
-        indices(0),
-        [
-            tf.zeros_like(b[0] if w is _write else b[:, 0])
-            for w, b in zip(writers, buffers)
-        ],
-    )
+    if steps is not None:
+        for t in range(steps):
+            carry, values = body(t, read(t, buffers), carry)
+            buffers = write(buffers, index(t), values)
+        return carry, buffers
+
+    if pipelined:
+
+        def iteration(t, current, carry, buffers, pending_index, pending):
+            buffers = write(buffers, pending_index, pending)
+
+            def run_step():
+                carry_out, values = body(t, current, carry)
+                return carry_out, list(values)
+
+            # The extra last iteration (t == num_steps) only writes.
+            carry, values = tf.cond(
+                t < num_steps, run_step, lambda: (carry, list(pending))
+            )
+            ahead = read(tf.minimum(t + 1, num_steps - 1), buffers)
+            return t + 1, ahead, carry, buffers, indices(t), values
+
+        # The first write (zeros at step 0's index) is overwritten a step
+        # later.
+        loop_vars = (
+            tf.constant(0),
+            read(0, buffers),
+            carry,
+            buffers,
+            indices(0),
+            [
+                tf.zeros_like(b[0] if w is _write else b[:, 0])
+                for w, b in zip(writers, buffers)
+            ],
+        )
+        last = num_steps
+    else:
+
+        def iteration(t, carry, buffers):
+            carry, values = body(t, read(t, buffers), carry)
+            return t + 1, carry, write(buffers, indices(t), values)
+
+        loop_vars = (tf.constant(0), carry, buffers)
+        last = num_steps - 1
     # Static shapes can be sharper at t = 0 than for any t; XLA knows every
     # shape when it compiles.
     invariants = tf.nest.map_structure(lambda x: _relaxed(x.shape), loop_vars)
@@ -149,13 +188,15 @@ def _loop(num_steps, read, body, carry, buffers, index, steps=None, writers=None
             x.set_shape(shape)
         return loop_vars
 
-    _, _, carry, buffers, pending_index, pending = tf.while_loop(
-        lambda t, *_: t < num_steps,
+    results = tf.while_loop(
+        lambda t, *_: t <= last,
         shaped_iteration,
         loop_vars,
         shape_invariants=invariants,
     )
-    return carry, write(buffers, pending_index, pending)
+    if pipelined:
+        return results[2], results[3]
+    return results[1], results[2]
 
 
 def _input_index(cfg, num_steps, t):
@@ -175,8 +216,13 @@ def _accumulators(leaves, floating):
     ]
 
 
+def _project(cfg, params, inputs):
+    return inputs if cfg.project is None else cfg.project(params, inputs)
+
+
 def _forward(cfg, params, inputs, keep, states):
-    """The forward loop; also returns the state entering every step."""
+    """The forward loop (on projected inputs); also returns the state
+    entering every step."""
     num_steps = tf.shape(inputs)[1] if cfg.steps is None else cfg.steps
     batch = tf.shape(inputs)[0]
     dtype = inputs.dtype
@@ -186,7 +232,7 @@ def _forward(cfg, params, inputs, keep, states):
     def zeros(size, time=False):
         return tf.zeros([num_steps, batch, size] if time else [batch, size], dtype)
 
-    def read(t):
+    def read(t, buffers):
         i = _input_index(cfg, num_steps, t)
         return (inputs[:, i],) + (() if keep is None else (keep[:, i][:, None],))
 
@@ -266,22 +312,27 @@ def _vjp(cfg, params, x, states, cotangents):
 def _backward(cfg, params, inputs, keep, states, saved, grads):
     """The reverse-time loop: gradients of inputs, initial states and params.
 
-    Step ``t``'s VJP gives the gradient of its input ``x_t`` (written into
-    the input gradient), of its entering states (carried to step ``t - 1``)
-    and of the parameters (summed in float32 under mixed precision).
+    Step ``t``'s VJP gives the gradient of its input ``x_t``, of its
+    entering states (carried to step ``t - 1``) and of the parameters
+    (summed in float32 under mixed precision). The projected inputs are
+    recomputed (one matmul) into a buffer whose step ``t`` the loop replaces
+    by its gradient once read, so one ``(B, T, G)`` buffer serves both; the
+    projection's own VJP then gives the input kernel's gradient and the
+    inputs' as one large matmul each.
     """
     g_outputs, g_last, g_states, g_traces = grads
-    num_steps = tf.shape(inputs)[1] if cfg.steps is None else cfg.steps
+    projected = _project(cfg, params, inputs)
+    num_steps = tf.shape(projected)[1] if cfg.steps is None else cfg.steps
     leaves = tf.nest.flatten(params)
     floating = _floating(leaves)
     trace_keys = [k for k, _ in cfg.traces]
     n_states = len(states)
 
-    def read(k):
+    def read(k, buffers):
         t = num_steps - 1 - k
         i = _input_index(cfg, num_steps, t)
         return dict(
-            x=inputs[:, i],
+            x=buffers[0][:, i],
             entering=[b[i] for b in saved],
             g_output=() if g_outputs is None else g_outputs[:, t],
             g_trace=[g_traces[n][:, t] for n in trace_keys],
@@ -318,20 +369,45 @@ def _backward(cfg, params, inputs, keep, states, saved, grads):
 
     g_trace = [tf.zeros_like(g_traces[n][:, 0]) for n in trace_keys]
     carry = (list(g_states), g_last, g_trace, _accumulators(leaves, floating))
-    (g_states, _, _, d_params), (d_inputs,) = _loop(
+    (g_states, _, _, d_params), (d_projected,) = _loop(
         num_steps,
         read,
         body,
         carry,
-        [tf.zeros_like(inputs)],
+        [projected],
         index,
         cfg.steps,
         writers=[_write_batch_major],
+        pipelined=False,
     )
+    d_inputs = d_projected
+    if cfg.project is not None:
+        d_inputs, d_projection = _projection_vjp(cfg, params, inputs, d_projected)
+        d_params = [a + tf.cast(d, a.dtype) for a, d in zip(d_params, d_projection)]
     d_leaves = [None] * len(leaves)
     for i, d in zip(floating, d_params):
         d_leaves[i] = tf.cast(d, leaves[i].dtype)
     return d_inputs, list(g_states), d_leaves
+
+
+def _projection_vjp(cfg, params, inputs, d_projected):
+    """Gradients of ``cfg.project``'s inputs and floating params."""
+    leaves = tf.nest.flatten(params)
+    floating = _floating(leaves)
+    leaves = [
+        tf.identity(leaf) if i in floating else leaf for i, leaf in enumerate(leaves)
+    ]
+    inputs = tf.identity(inputs)
+    sources = [inputs, [leaves[i] for i in floating]]
+    with tf.GradientTape(watch_accessed_variables=False) as tape:
+        tape.watch(tf.nest.flatten(sources))
+        projected = cfg.project(tf.nest.pack_sequence_as(params, leaves), inputs)
+    return tape.gradient(
+        projected,
+        sources,
+        output_gradients=d_projected,
+        unconnected_gradients=tf.UnconnectedGradients.ZERO,
+    )
 
 
 @functools.lru_cache(maxsize=None)
@@ -400,6 +476,7 @@ def run(
     unroll=False,
     trace_sizes=None,
     per_example=None,
+    project=None,
 ):
     """Runs ``step_fn`` over the time axis of ``inputs`` with XLA.
 
@@ -407,7 +484,8 @@ def run(
         step_fn: ``step_fn(params, x_t, states) -> (y_t, new_states, trace_t)``,
             a pure function; ``trace_t`` is a dict of ``(B, k)`` tensors.
         params: a structure of tensors passed unchanged to every step.
-        inputs: ``(B, T, G)`` per-step inputs (already projected).
+        inputs: ``(B, T, G)`` per-step inputs, or, with ``project``, the
+            sequences it projects to them.
         initial_states: list of ``(B, s)`` tensors.
         output_size: size of ``y_t``.
         mask: optional ``(B, T)`` boolean; a masked step keeps the previous
@@ -421,6 +499,11 @@ def run(
             batch on axis 0 (a recurrent dropout mask, say); ``()`` when none
             has. Given, the batch may be run as ``shard_count`` independent
             loops side by side; None (unknown) keeps one loop.
+        project: optional pure ``project(params, inputs) -> (B, T, G)``,
+            run on all steps at once before the loop (one large matmul).
+            Inside the engine, it is recomputed for the backward pass rather
+            than kept between the passes, and its VJP runs on the whole
+            sequence.
 
     Returns:
         ``(outputs, last_output, final_states, traces)``: ``outputs`` is
@@ -442,6 +525,7 @@ def run(
         zero_output_for_mask=bool(zero_output_for_mask),
         traces=tuple((trace_sizes or {}).items()),
         steps=inputs.shape[1] if unroll else None,
+        project=project,
     )
     shards = 1 if per_example is None else shard_count(inputs.shape[0])
     if shards == 1:
@@ -503,8 +587,12 @@ def _run(cfg, params, inputs, keep, initial_states):
         inputs, keep, states, params_in = unpack(
             [a if a.dtype == tf.bool else tf.stop_gradient(a) for a in args]
         )
+        # The forward projection runs outside XLA, as a TensorFlow matmul on
+        # every core (measured faster than XLA:CPU's); the backward pass
+        # recomputes it rather than keep it.
+        projected = _project(cfg, params_in, inputs)
         outputs, last_output, final_states, traces, saved = forward(
-            params_in, inputs, keep, states
+            params_in, projected, keep, states
         )
         results = [outputs] if cfg.return_sequences else []
         results += [last_output] + final_states + [traces[k] for k in trace_keys]
@@ -520,7 +608,8 @@ def _run(cfg, params, inputs, keep, initial_states):
             entering = saved
             if not save:
                 saving, _ = _compiled(dataclasses.replace(cfg, save=True))
-                entering = saving(params_in, inputs, keep, states)[-1]
+                projected_again = _project(cfg, params_in, inputs)
+                entering = saving(params_in, projected_again, keep, states)[-1]
             d_inputs, d_states, d_leaves = backward(
                 params_in,
                 inputs,

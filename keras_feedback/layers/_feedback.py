@@ -680,7 +680,6 @@ class Feedback(keras.layers.Layer):
         dropout_mask = cell.input_dropout_mask(sequences[:, :1], training)
         if dropout_mask is not None:
             sequences = sequences * dropout_mask
-        projected = math.project_inputs(cell.spec, params, sequences)
         engine_params = {"weights": params}
         recurrent_mask = cell.recurrent_dropout_mask(batch, training)
         # The params with a batch axis, which the engine may split with the
@@ -694,9 +693,9 @@ class Feedback(keras.layers.Layer):
         if training and cell._parametric_activations():
             per_example = None
         outputs, last_output, final_states, traces = engines.get(self.engine)(
-            math.make_step_fn(cell.spec),
+            math.make_step_fn(cell.spec, add_input_bias=True),
             engine_params,
-            projected,
+            sequences,
             states,
             output_size=cell.output_size,
             mask=mask,
@@ -706,6 +705,7 @@ class Feedback(keras.layers.Layer):
             unroll=self.unroll,
             trace_sizes=cell.spec.trace_sizes if self.return_trace else None,
             per_example=per_example,
+            project=math.make_project_fn(cell.spec),
         )
         if self.stateful:
             for variable, value in zip(self._state_variables, final_states):
