@@ -46,8 +46,14 @@ class Stream:
         self.interpreter.allocate_tensors()
         self.reset()
 
-    def reset(self):
-        """Starts new streams: every state back to zeros."""
+    def reset(self, states=None):
+        """Starts new streams: every state back to zeros, or to ``states``.
+
+        Args:
+            states: None, or a dict by state name of ``(batch_size, size)``
+                arrays: the SavedModel's ``initial_state`` response, for a
+                model whose stateful layers held states when exported.
+        """
         self.states = {
             name: np.zeros(
                 (self.batch_size, self.inputs[name]["shape_signature"][-1]),
@@ -55,6 +61,13 @@ class Stream:
             )
             for name in self.state_names
         }
+        for name, value in (states or {}).items():
+            if name not in self.states:
+                raise ValueError(
+                    f"Argument `states`: {name!r} is not a state of this model "
+                    f"({self.state_names})"
+                )
+            self.states[name] = np.asarray(value, self.inputs[name]["dtype"])
 
     def __call__(self, x):
         """Feeds one time step; returns the output (a dict when several).

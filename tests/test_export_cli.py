@@ -183,6 +183,21 @@ def test_litert_streaming_script(example, capsys):
     stream.reset()
     again = np.stack([stream(x[:, t]) for t in range(10)], axis=1)
     np.testing.assert_array_equal(again, first)
+    # Streams may start from given states: Keras from the same initial state.
+    start = {
+        "feedback_h": rng.normal(size=(3, 8)).astype("float32"),
+        "feedback_c": rng.uniform(size=(3, 4)).astype("float32"),
+    }
+    stream.reset(start)
+    started = np.stack([stream(x[:, t]) for t in range(10)], axis=1)
+    hidden = model.get_layer("feedback")(
+        x, initial_state=[start["feedback_h"], start["feedback_c"]]
+    )
+    expected = np.asarray(model.get_layer("head")(hidden))
+    np.testing.assert_allclose(started, expected, atol=1e-5)
+    assert np.max(np.abs(started - first)) > 1e-3
+    with pytest.raises(ValueError, match="'carry' is not a state of this model"):
+        stream.reset({"carry": start["feedback_h"]})
     sequence = root / "sequence.npy"
     np.save(sequence, x[0, :4])
     assert streaming.main([str(root / "feedback_step.tflite"), str(sequence)]) == 0

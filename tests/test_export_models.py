@@ -1,5 +1,6 @@
 """Export of models beyond Input -> Feedback -> Dense: stacked, bidirectional,
-masked, Sequential, nested with several outputs, stateful, and models with
+masked, Sequential, nested with several outputs, stateful (exported from
+their current states), and models with
 layers that cannot be streamed or converted.
 
 These models run the default engine, so every check also compares the
@@ -11,6 +12,7 @@ import os
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from keras_feedback import export
 from keras_feedback.export import _trace
@@ -91,6 +93,18 @@ def test_masking_layer(tmp_path, rng):
     # state; layer `b` outputs zeros and needs none.
     states = _trace.ExportPlan(model).state_specs
     assert list(states) == ["a_h", "a_carry", "a_c", "a_output", "b_h", "b_c"]
+    # int8 over whole masked sequences (the masks select states in int8
+    # models too; the bound is test_export_matrix.py's for int8).
+    calibration, _ = padded(rng, batch=16)
+    lite = export.export_litert(
+        model,
+        tmp_path / "int8.tflite",
+        quantization="int8",
+        representative_data=calibration,
+    )
+    report = export.verify_litert(model, lite, x)
+    assert 0 < report["max_rel_error"] <= 0.35, report
+    assert {"WHILE", "SELECT_V2"} <= set(report["ops"])
 
 
 def test_mask_input(tmp_path, rng):
@@ -103,10 +117,19 @@ def test_mask_input(tmp_path, rng):
     x, m = padded(rng)
     m[2, 4] = False  # a gap in the middle of a sequence
     check_exports(model, {"features": x, "mask": m}, tmp_path)
-    loaded = __import__("tensorflow").saved_model.load(str(tmp_path / "saved" / "1"))
+    loaded = tf.saved_model.load(str(tmp_path / "saved" / "1"))
     step = loaded.signatures["step"].structured_input_signature[1]
     assert sorted(step) == ["fb_c", "fb_h", "fb_output", "features", "mask"]
     assert step["mask"].shape.as_list() == [None]
+    calibration, calibration_mask = padded(rng, batch=16)
+    lite = export.export_litert(
+        model,
+        tmp_path / "int8.tflite",
+        quantization="int8",
+        representative_data={"features": calibration, "mask": calibration_mask},
+    )
+    report = export.verify_litert(model, lite, {"features": x, "mask": m})
+    assert 0 < report["max_rel_error"] <= 0.35, report
 
 
 def test_sequential(tmp_path, rng):
@@ -139,16 +162,74 @@ def test_nested_model_with_two_outputs(tmp_path, rng):
     assert plan.output_names == ["per_step", "summary"]
 
 
-def test_stateful_layer_exports_stateless(tmp_path, rng):
-    inputs = keras.Input(batch_shape=(2, None, 3))
-    layer = Feedback(4, core="lstm", stateful=True, return_sequences=True)
+def stateful_model(rows, rng):
+    """``Input -> stateful Feedback (lstm) -> Dense`` for a batch of ``rows``,
+    its states set to random values."""
+    inputs = keras.Input(batch_shape=(rows, None, 3))
+    layer = Feedback(4, core="lstm", stateful=True, return_sequences=True, name="fb")
     model = keras.Model(inputs, keras.layers.Dense(2)(layer(inputs)))
-    states = [rng.normal(size=(2, n)).astype("float32") for n in layer.state_size]
+    states = [rng.normal(size=(rows, n)).astype("float32") for n in layer.state_size]
     layer.reset_state(states)
-    check_exports(model, rng.normal(size=(2, 6, 3)).astype("float32"), tmp_path)
+    return model, layer, states
+
+
+def stream(signatures, x):
+    """``step`` over the time axis of ``x`` from ``initial_state``."""
+    states = signatures["initial_state"](batch_size=tf.constant(x.shape[0]))
+    outputs = []
+    for t in range(x.shape[1]):
+        result = signatures["step"](x=tf.constant(x[:, t]), **states)
+        states = {name: result[name] for name in states}
+        outputs.append(result["y"].numpy())
+    return np.stack(outputs, axis=1)
+
+
+def test_stateful_layer_starts_from_its_states(tmp_path, rng):
+    """A stateful layer is exported stateless from a snapshot of its current
+    states: serving_default gives the Keras model's next call, initial_state
+    returns those states, and step from them reproduces serving_default."""
+    model, layer, states = stateful_model(2, rng)
+    x = rng.normal(size=(2, 6, 3)).astype("float32")
+    expected = np.asarray(model(x))  # Keras's next call, from `states`
+    layer.reset_state(states)
+    path = check_exports(model, x, tmp_path)
+    signatures = tf.saved_model.load(path).signatures
+    served = signatures["serving_default"](x=tf.constant(x))["y"].numpy()
+    np.testing.assert_allclose(served, expected, rtol=0, atol=TOLERANCE)
+    start = signatures["initial_state"](batch_size=tf.constant(2))
+    assert sorted(start) == ["fb_c", "fb_carry", "fb_h"]
+    for name, value in zip(["fb_h", "fb_carry", "fb_c"], states):
+        np.testing.assert_array_equal(start[name].numpy(), value)
+    np.testing.assert_allclose(stream(signatures, x), served, rtol=0, atol=TOLERANCE)
+    # (the graph's error message escapes the quotes around the layer name)
+    message = "fb.* starts from the states of its stateful batch of 2 rows"
+    with pytest.raises(tf.errors.InvalidArgumentError, match=message):
+        signatures["initial_state"](batch_size=tf.constant(3))
+    with pytest.raises(tf.errors.InvalidArgumentError, match=message):
+        signatures["serving_default"](x=tf.zeros((3, 4, 3)))
     assert layer.stateful
     for variable, value in zip(layer.states, states):
         np.testing.assert_array_equal(variable.numpy(), value)
+
+
+def test_stateful_layer_of_batch_one_starts_every_row_from_its_states(
+    tmp_path, rng
+):
+    model, layer, states = stateful_model(1, rng)
+    x = rng.normal(size=(3, 5, 3)).astype("float32")
+    expected = []
+    for row in x:
+        layer.reset_state(states)
+        expected.append(np.asarray(model(row[None]))[0])
+    layer.reset_state(states)
+    path = export.export_saved_model(model, tmp_path / "saved")
+    signatures = tf.saved_model.load(path).signatures
+    served = signatures["serving_default"](x=tf.constant(x))["y"].numpy()
+    np.testing.assert_allclose(served, expected, rtol=0, atol=TOLERANCE)
+    np.testing.assert_allclose(stream(signatures, x), served, rtol=0, atol=TOLERANCE)
+    lite = export.export_litert(model, tmp_path / "step.tflite", streaming=True)
+    report = export.verify_litert(model, lite, x)
+    assert report["max_abs_error"] <= TOLERANCE, report
 
 
 def test_keras_recurrent_layer(tmp_path, rng):

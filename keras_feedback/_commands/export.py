@@ -18,10 +18,11 @@ HELP = (
 
 QUANTIZATIONS = ("float16", "dynamic_range", "int8")
 # Max error relative to the largest |Keras output| an export may have: float
-# exports run the same float32 math; float16 rounds the weights; dynamic
-# range also quantises activations to int8 on the fly at every step. int8 is
+# exports run the same float32 math; float16 rounds the weights to float16,
+# dynamic range to int8 (per output channel, computed in float32; measured
+# up to 1.3e-2 on random untrained models, export/README.md). int8 is
 # reported, not checked, unless --tolerance is given.
-TOLERANCES = {None: 1e-4, "float16": 1e-2, "dynamic_range": 5e-2, "int8": None}
+TOLERANCES = {None: 1e-4, "float16": 1e-2, "dynamic_range": 1.5e-2, "int8": None}
 
 
 def add_arguments(parser):
@@ -38,8 +39,7 @@ def add_arguments(parser):
     parser.add_argument(
         "--quantize",
         choices=QUANTIZATIONS,
-        help="LiteRT quantisation (int8 needs --streaming and "
-        "--representative-data)",
+        help="LiteRT quantisation (int8 needs --representative-data)",
     )
     parser.add_argument(
         "--streaming",
@@ -67,7 +67,7 @@ def add_arguments(parser):
         "--tolerance",
         type=float,
         help="max error relative to the largest |Keras output| allowed for "
-        "every export (default: 1e-4 float, 1e-2 float16, 5e-2 dynamic "
+        "every export (default: 1e-4 float, 1e-2 float16, 1.5e-2 dynamic "
         "range, int8 not checked)",
     )
 

@@ -6,6 +6,7 @@ import re
 
 import keras
 import numpy as np
+import tensorflow as tf
 
 from keras_feedback.layers._feedback import Feedback
 
@@ -67,28 +68,88 @@ def iter_layers(layer):
             stack.append(current.layer)
 
 
+def start_states(layer):
+    """The states an exported ``Feedback`` layer starts from; None for zeros.
+
+    A stateful layer starts from its current states (set by ``reset_state``
+    or left by its last call), as its next call in Keras would: the export
+    holds a snapshot of them, one row per row of the layer's fixed batch.
+    Every other layer, and a stateful one whose states are all zero, starts
+    from zeros, for any batch size.
+
+    Returns:
+        None, or one numpy array ``(rows, size)`` per state (h, carry, c).
+    """
+    variables = layer.states
+    if variables is None:
+        return None
+    with tf.init_scope():  # read the values, also while tracing
+        values = [np.array(variable.numpy()) for variable in variables]
+    if not any(np.any(value) for value in values):
+        return None
+    return values
+
+
+def start_state_for_batch(layer, value, batch):
+    """One of ``start_states(layer)`` for a batch of ``batch`` rows: as it
+    is, or its single row repeated when the layer's batch size is 1."""
+    rows, size = value.shape
+    value = tf.constant(value, layer.cell.compute_dtype)
+    if rows != 1:
+        check = tf.debugging.assert_equal(
+            batch,
+            tf.constant(rows, batch.dtype),
+            message=(
+                f"{type(layer).__name__} {layer.name!r} starts from the states "
+                f"of its stateful batch of {rows} rows: the batch size must be "
+                f"{rows}"
+            ),
+        )
+        with tf.control_dependencies([check]):
+            value = tf.identity(value)
+    return tf.broadcast_to(value, tf.stack([batch, tf.constant(size, batch.dtype)]))
+
+
+def _initial_state_fn(layer, values):
+    def get_initial_state(batch_size=None):
+        batch = tf.convert_to_tensor(batch_size)
+        return [start_state_for_batch(layer, value, batch) for value in values]
+
+    return get_initial_state
+
+
 @contextlib.contextmanager
 def export_mode(model, engine=True):
     """Traces every ``Feedback`` layer of ``model`` for export.
 
     Inside the block the layers use the reference engine and are stateless:
     an exported graph is a pure function (TF Serving's contract, and the
-    client holds the state of a stream), so a stateful layer starts from the
-    states it is given instead of reading and assigning its variables.
-    ``engine=False`` keeps each layer's own engine (to compare with).
+    client holds the state of a stream), so a stateful layer never assigns
+    its variables; it starts from a snapshot of its current states
+    (``start_states``) where Keras would read them. ``engine=False`` keeps
+    each layer's own engine (to compare with).
     """
     layers = [layer for layer in iter_layers(model) if isinstance(layer, Feedback)]
     saved = [(layer.engine, layer.stateful) for layer in layers]
     try:
         for layer in layers:
+            start = start_states(layer)
             if engine:
                 layer.engine = EXPORT_ENGINE
             layer.stateful = False
+            if start is not None:
+                # A stateless layer asks its cell for the states it starts
+                # from (the Keras cell contract).
+                object.__setattr__(
+                    layer.cell, "get_initial_state", _initial_state_fn(layer, start)
+                )
         yield
     finally:
         for layer, (engine, stateful) in zip(layers, saved):
             layer.engine = engine
             layer.stateful = stateful
+            if "get_initial_state" in vars(layer.cell):
+                object.__delattr__(layer.cell, "get_initial_state")
 
 
 def signature_name(name):

@@ -65,7 +65,9 @@ def export_saved_model(model, directory, version=1, overwrite=False):
       states back. State names are ``<layer>_h``, ``<layer>_carry`` (lstm),
       ``<layer>_c`` (feedback) and, for layers that receive a mask,
       ``<layer>_output`` (the output a masked step repeats);
-    - ``initial_state``: ``{"batch_size": ()}`` -> the zero states.
+    - ``initial_state``: ``{"batch_size": ()}`` -> the states every
+      sequence starts from: zeros, or for a stateful layer its current
+      states (see below).
 
     ``step`` and ``initial_state`` are written when every layer can run one
     step at a time: ``Feedback`` layers going forwards, and layers that act on
@@ -76,8 +78,14 @@ def export_saved_model(model, directory, version=1, overwrite=False):
     ``go_backwards``, Keras's own recurrent layers, layers that mix time
     steps) they are left out with a warning naming the layers.
 
-    The graph uses the reference engine, and stateful layers are exported
-    stateless (they start from the states they are given).
+    The graph uses the reference engine. Stateful layers are exported
+    stateless: no call changes them; they start from a snapshot of the states
+    they hold at export (set by ``reset_state(states)`` or left by their last
+    call), like their next call in Keras. ``serving_default`` starts from
+    them and ``initial_state`` returns them; being one row per row of the
+    layer's fixed batch size, they fit that batch size only (any batch size
+    when it is 1, the row then starting every sequence). A stateful layer
+    whose states are all zero starts from zeros, for any batch size.
 
     Args:
         model: a built functional or Sequential Keras model.

@@ -6,7 +6,9 @@
   the model itself (dynamic batch and time);
 - ``step_fn``: one time step, ``{input name: (batch, ...), state name:
   (batch, size)}`` -> ``{output name, state name: new state}``;
-- ``initial_state_fn``: ``{"batch_size": ()}`` -> ``{state name: zeros}``.
+- ``initial_state_fn``: ``{"batch_size": ()}`` -> ``{state name: the state
+  the model starts from}``: zeros, or a stateful layer's current states
+  (``_common.start_states``).
 
 The step function walks the model's layer graph (its Keras config, the public
 record of every call): each ``Feedback`` layer advances one step through its
@@ -122,6 +124,8 @@ class ExportPlan:
         step_input_specs: the same without the time axis.
         state_specs: ``{name: tf.TensorSpec}`` of the step states, in order;
             empty when the model has no step function.
+        state_sources: ``{name: (layer, index)}`` for each state that is the
+            ``index``-th state of a ``Feedback`` layer.
         step_problems: why there is no step function (empty when there is).
     """
 
@@ -159,6 +163,7 @@ class ExportPlan:
                     (None,) + shape[2:], dtype, name=name
                 )
         self.state_specs = {}
+        self.state_sources = {}
         self.step_problems = self._find_step_problems()
         if not self.step_problems:
             try:
@@ -281,12 +286,21 @@ class ExportPlan:
         return self.step_fn(inputs)
 
     def initial_state_fn(self, inputs):
-        """``{"batch_size": scalar}`` -> ``{state name: zeros (batch, size)}``."""
+        """``{"batch_size": scalar}`` -> ``{state name: (batch, size)}``, the
+        states the model starts from: zeros, or the current states of a
+        stateful layer (which fit its own batch size, or any when it is 1)."""
         batch = tf.reshape(tf.cast(inputs[BATCH_SIZE], tf.int32), [])
-        return {
-            name: tf.zeros([batch, spec.shape[-1]], spec.dtype)
-            for name, spec in self.state_specs.items()
-        }
+        states = {}
+        for name, spec in self.state_specs.items():
+            layer, index = self.state_sources.get(name, (None, None))
+            start = None if layer is None else _common.start_states(layer)
+            if start is None:
+                states[name] = tf.zeros([batch, spec.shape[-1]], spec.dtype)
+            else:
+                states[name] = _common.start_state_for_batch(
+                    layer, start[index], batch
+                )
+        return states
 
     def signature(self, kind):
         """The ``input_signature`` of ``sequence``, ``step`` (or
@@ -339,6 +353,7 @@ class ExportPlan:
 
         with _common.export_mode(self.model):
             probe.get_concrete_function()
+        self.state_sources = dict(recorder.sources)
         return dict(recorder.specs)
 
     def _run_step(self, inputs, states):
@@ -373,12 +388,17 @@ class _States:
     def __init__(self, specs, inputs):
         self.fixed = specs is not None
         self.specs = {} if specs is None else specs
+        self.sources = {}
         self.inputs = inputs
         self.batch = None
         self.new = {}
 
-    def get(self, name, size, dtype):
+    def get(self, name, size, dtype, source=None):
+        """The state ``name``; ``source`` is ``(layer, index)`` when it is
+        the ``index``-th state of a ``Feedback`` layer."""
         dtype = tf.as_dtype(dtype)
+        if source is not None:
+            self.sources[name] = source
         if not self.fixed:
             if name in self.specs:
                 raise ValueError(
@@ -605,8 +625,8 @@ class _StepWalker:
         names = ["h"] + (["carry"] if cell.core == "lstm" else [])
         names += ["c"] if cell.feedback_units else []
         old = [
-            self.states.get(f"{key}_{name}", size, dtype)
-            for name, size in zip(names, cell.state_size)
+            self.states.get(f"{key}_{name}", size, dtype, source=(layer, i))
+            for i, (name, size) in enumerate(zip(names, cell.state_size))
         ]
         x = tf.cast(sequence.tensor[:, 0], dtype)
         output, new = cell.call(x, old, training=False)
