@@ -3,25 +3,29 @@
 Same contract as ``keras_feedback.engine._reference.run``; it differs in how
 the loop runs and how it is differentiated:
 
-- the forward loop is one ``tf.function(jit_compile=True)``. It writes the
-  outputs and the state *entering* every step into preallocated time-major
-  tensors (in-place dynamic-update-slices); nothing is a
-  TensorArray/TensorList. Under no gradient tape (inference) it writes no
-  states;
+- ``project`` (the input projection of all steps, one large matmul) runs
+  before the forward loop; the loop is one ``tf.function(jit_compile=True)``
+  that writes the outputs and the state *entering* every step into
+  preallocated tensors (in-place dynamic-update-slices); nothing is a
+  TensorArray/TensorList. With no gradient tape recording (inference) it
+  writes no states.
 - a ``tf.custom_gradient`` replaces autodiff through the loop (which would
-  build TensorList accumulators XLA cannot size). Its backward pass is a
-  second compiled loop that runs time in reverse and, at every step,
-  recomputes the step from the saved entering state under a
-  ``tf.GradientTape`` and takes its vector-Jacobian product: the gradient of
-  the step's input goes into the ``(B, T, G)`` input gradient, the gradient
-  of its entering states to the previous step, the parameter gradients into
-  sums (float32 under mixed precision). It is generic over ``step_fn``: no
-  cell has a hand-written backward pass. The input kernel's gradient is one
-  large matmul of that input gradient, outside the engine (the layer
-  projects all steps at once).
-
-On CPU the batch is split into ``shard_count`` parts, each its own pair of
-compiled loops, which TensorFlow's executor runs side by side on the cores.
+  build TensorList accumulators XLA cannot size). Its backward pass is one
+  compiled function: it recomputes the projection (rather than keep it
+  between the passes) into a ``(B, T, G)`` buffer, runs time in reverse and,
+  at every step, recomputes the step from the saved entering state under a
+  ``tf.GradientTape`` and takes its vector-Jacobian product. The gradient of
+  the step's input replaces that input in the same buffer; the gradient of
+  its entering states goes to the previous step; parameter gradients are
+  summed (float32 under mixed precision). Kernels whose product the step
+  adds to its input (``step_fn.deferred``: the recurrent kernel of the
+  simple and LSTM cores, ``U_c``) get their gradient after the loop, as one
+  ``(in, B*T) x (B*T, G)`` matmul of the saved states and the input
+  gradient, as do the projection's weights and inputs (its VJP). It is
+  generic over ``step_fn``: no cell has a hand-written backward pass.
+- on CPU the batch is split into ``shard_count`` parts, each its own pair of
+  compiled calls, which TensorFlow's executor runs side by side on the
+  cores: XLA:CPU runs one loop on one core.
 
 Masked steps, ``go_backwards``, traces, initial states and every parameter
 (a recurrent dropout mask included) get their gradients. XLA compiles each
@@ -208,12 +212,14 @@ def _floating(leaves):
     return [i for i, leaf in enumerate(leaves) if leaf.dtype.is_floating]
 
 
+def _sum_dtype(dtype):
+    """The dtype gradients are summed in: float32 for halves."""
+    return tf.float32 if dtype in _HALF else dtype
+
+
 def _accumulators(leaves, floating):
-    """Zero sums for the gradients of ``leaves[floating]``, float32 for halves."""
-    return [
-        tf.zeros_like(leaves[i], tf.float32 if leaves[i].dtype in _HALF else None)
-        for i in floating
-    ]
+    """Zero sums for the gradients of ``leaves[floating]``."""
+    return [tf.zeros_like(leaves[i], _sum_dtype(leaves[i].dtype)) for i in floating]
 
 
 def _project(cfg, params, inputs):
@@ -259,17 +265,22 @@ def _forward(cfg, params, inputs, keep, states):
         i = _input_index(cfg, num_steps, t)
         return [i] * n_saved + [t] * (len(buffers) - n_saved)
 
-    buffers = [zeros(tf.shape(s)[-1], time=True) for s in states[:n_saved]]
+    # Saved states batch-major (B, T, s), like the inputs: the backward pass
+    # multiplies them with the input gradient as one matmul (deferred).
+    buffers = [
+        tf.zeros([batch, num_steps, tf.shape(s)[-1]], dtype) for s in states[:n_saved]
+    ]
     if cfg.return_sequences:
         buffers.append(zeros(cfg.output_size, time=True))
     buffers += [zeros(n, time=True) for n in trace_sizes.values()]
+    writers = [_write_batch_major] * n_saved + [_write] * (len(buffers) - n_saved)
     carry = (
         states,
         zeros(cfg.output_size),
         {k: zeros(n) for k, n in trace_sizes.items()},
     )
     (states, last_output, _), buffers = _loop(
-        num_steps, read, body, carry, buffers, index, cfg.steps
+        num_steps, read, body, carry, buffers, index, cfg.steps, writers
     )
     saved = buffers[:n_saved]
     buffers = [_time_major(b) for b in buffers[n_saved:]]
@@ -278,19 +289,55 @@ def _forward(cfg, params, inputs, keep, states):
     return outputs, last_output, list(states), traces, saved
 
 
+def _deferred(cfg, params):
+    """``[(leaf index, input function)]`` of the step's deferred linears.
+
+    ``step_fn.deferred`` (optional) lists ``(path, input_fn)``: a kernel
+    (``params`` at ``path``) whose product with ``input_fn(params, states)``
+    the step adds to its projected input ``x_t``. That product's gradient is
+    then the gradient of ``x_t``, so the kernel's gradient over all steps is
+    one large matmul after the loop, of the saved states' ``input_fn`` and
+    the input gradient, rather than one small matmul per step.
+    """
+    found = []
+    for path, input_fn in getattr(cfg.step_fn, "deferred", ()):
+        marked = _mark(params, path)
+        found.append((tf.nest.flatten(marked).index(True), input_fn))
+    return found
+
+
+def _mark(structure, path, prefix=()):
+    """``structure`` with True at ``path`` and False at every other leaf."""
+    if isinstance(structure, dict):
+        return {k: _mark(v, path, prefix + (k,)) for k, v in structure.items()}
+    if isinstance(structure, (list, tuple)):
+        return type(structure)(
+            _mark(v, path, prefix + (i,)) for i, v in enumerate(structure)
+        )
+    return prefix == tuple(path)
+
+
+def _summed(cfg, params):
+    """Indices of the floating leaves whose gradient is summed per step."""
+    deferred = {i for i, _ in _deferred(cfg, params)}
+    return [i for i in _floating(tf.nest.flatten(params)) if i not in deferred]
+
+
 def _vjp(cfg, params, x, states, cotangents):
     """Recomputes one step and pulls ``cotangents`` back to its arguments.
 
     ``cotangents`` is ``(d_output, d_new_states, d_traces)`` (``d_traces``
     aligned with ``cfg.traces``). Returns ``(d_x, d_states, d_params)``;
-    ``d_params`` is a list over the floating leaves of ``params``.
+    ``d_params`` is a list over ``_summed`` (the deferred kernels enter the
+    step as constants: their gradients come after the loop).
     """
     leaves = tf.nest.flatten(params)
-    floating = _floating(leaves)
+    floating = _summed(cfg, params)
     # Fresh identities: the tape must watch the tensors the step really uses
     # (inside a loop body, outer tensors are replaced by captures).
     leaves = [
-        tf.identity(leaf) if i in floating else leaf for i, leaf in enumerate(leaves)
+        tf.identity(leaf) if i in floating else tf.stop_gradient(leaf)
+        for i, leaf in enumerate(leaves)
     ]
     x = tf.identity(x)
     states = [tf.identity(s) for s in states]
@@ -325,6 +372,7 @@ def _backward(cfg, params, inputs, keep, states, saved, grads):
     num_steps = tf.shape(projected)[1] if cfg.steps is None else cfg.steps
     leaves = tf.nest.flatten(params)
     floating = _floating(leaves)
+    summed = _summed(cfg, params)
     trace_keys = [k for k, _ in cfg.traces]
     n_states = len(states)
 
@@ -333,7 +381,7 @@ def _backward(cfg, params, inputs, keep, states, saved, grads):
         i = _input_index(cfg, num_steps, t)
         return dict(
             x=buffers[0][:, i],
-            entering=[b[i] for b in saved],
+            entering=[b[:, i] for b in saved],
             g_output=() if g_outputs is None else g_outputs[:, t],
             g_trace=[g_traces[n][:, t] for n in trace_keys],
             kept=() if keep is None else keep[:, i][:, None],
@@ -368,7 +416,7 @@ def _backward(cfg, params, inputs, keep, states, saved, grads):
         return [_input_index(cfg, num_steps, num_steps - 1 - k)]
 
     g_trace = [tf.zeros_like(g_traces[n][:, 0]) for n in trace_keys]
-    carry = (list(g_states), g_last, g_trace, _accumulators(leaves, floating))
+    carry = (list(g_states), g_last, g_trace, _accumulators(leaves, summed))
     (g_states, _, _, d_params), (d_projected,) = _loop(
         num_steps,
         read,
@@ -380,14 +428,29 @@ def _backward(cfg, params, inputs, keep, states, saved, grads):
         writers=[_write_batch_major],
         pipelined=False,
     )
+    d_sums = [tf.zeros_like(leaf, _sum_dtype(leaf.dtype)) for leaf in leaves]
+    for i, d in zip(summed, d_params):
+        d_sums[i] = d
+    for i, input_fn in _deferred(cfg, params):
+        d_sums[i] = _sequence_matmul(input_fn(params, saved), d_projected)
     d_inputs = d_projected
     if cfg.project is not None:
         d_inputs, d_projection = _projection_vjp(cfg, params, inputs, d_projected)
-        d_params = [a + tf.cast(d, a.dtype) for a, d in zip(d_params, d_projection)]
+        for i, d in zip(floating, d_projection):
+            d_sums[i] = d_sums[i] + tf.cast(d, d_sums[i].dtype)
     d_leaves = [None] * len(leaves)
-    for i, d in zip(floating, d_params):
-        d_leaves[i] = tf.cast(d, leaves[i].dtype)
+    for i in floating:
+        d_leaves[i] = tf.cast(d_sums[i], leaves[i].dtype)
     return d_inputs, list(g_states), d_leaves
+
+
+def _sequence_matmul(a, b):
+    """``sum over (batch, time) of a^T b`` for ``(B, T, m)``, ``(B, T, n)``:
+    one ``(m, B*T) x (B*T, n)`` matmul (float32 for halves)."""
+    dtype = _sum_dtype(a.dtype)
+    a = tf.cast(tf.reshape(a, [-1, tf.shape(a)[-1]]), dtype)
+    b = tf.cast(tf.reshape(b, [-1, tf.shape(b)[-1]]), dtype)
+    return tf.matmul(a, b, transpose_a=True)
 
 
 def _projection_vjp(cfg, params, inputs, d_projected):
@@ -534,11 +597,11 @@ def run(
     sizes = tf.stack([(batch + shards - 1 - i) // shards for i in range(shards)])
     sharded = {k: params[k] for k in per_example}
     per_shard = _split_batch((inputs, keep, initial_states, sharded), sizes)
-    results = []
-    for inputs_i, keep_i, states_i, sharded_i in per_shard:
-        results.append(
-            _run(cfg, {**params, **sharded_i}, inputs_i, keep_i, states_i)
-        )
+    results = [
+        _run(cfg, {**params, **sharded_i}, inputs_i, keep_i, states_i)
+        for inputs_i, keep_i, states_i, sharded_i in per_shard
+    ]
+
     def concat(*parts):
         return None if parts[0] is None else tf.concat(parts, 0)
 
