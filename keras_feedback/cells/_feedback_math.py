@@ -141,10 +141,17 @@ def _split_states(spec, states):
     return h, carry, c
 
 
-def _core(spec, params, projected, h_prev, carry, recurrent_input):
+def _product(params, products, name, x):
+    """``linear(x, params[name])``, or the engine's ``products[name]``."""
+    if products is not None and name in products:
+        return products[name]
+    return linear(x, params[name])
+
+
+def _core(spec, params, projected, h_prev, carry, recurrent_input, products=None):
     """The core update ``f``; returns (candidate h, new LSTM carry or None)."""
     units = spec.units
-    recurrent = linear(recurrent_input, params["recurrent_kernel"])
+    recurrent = _product(params, products, "recurrent_kernel", recurrent_input)
     if spec.core == "simple":
         return spec.activation(projected + recurrent), None
     if spec.core == "gru":
@@ -187,7 +194,7 @@ def bind_activations(spec, params):
     return dataclasses.replace(spec, **bound) if bound else spec
 
 
-def step(spec, params, projected, states, recurrent_mask=None):
+def step(spec, params, projected, states, recurrent_mask=None, products=None):
     """One time step of the feedback cell.
 
     Args:
@@ -197,6 +204,9 @@ def step(spec, params, projected, states, recurrent_mask=None):
         states: list of state tensors, sizes ``spec.state_size``.
         recurrent_mask: optional ``(B, H)`` recurrent dropout mask applied to
             ``h_{t-1}`` where it enters the recurrent matmul.
+        products: optional dict kernel name -> the product the step would
+            compute with it (``U h_{t-1}``, ``U_c c_{t-1}``), supplied by an
+            engine instead (see ``make_step_fn``).
 
     Returns:
         ``(y, new_states, trace)``: the output ``(B, output_size)``, the new
@@ -205,9 +215,13 @@ def step(spec, params, projected, states, recurrent_mask=None):
     spec = bind_activations(spec, params)
     h_prev, carry, c_prev = _split_states(spec, states)
     if spec.feedback_units:
-        projected = projected + linear(c_prev, params["feedback_recurrent_kernel"])
+        projected = projected + _product(
+            params, products, "feedback_recurrent_kernel", c_prev
+        )
     recurrent_input = h_prev if recurrent_mask is None else h_prev * recurrent_mask
-    h, new_carry = _core(spec, params, projected, h_prev, carry, recurrent_input)
+    h, new_carry = _core(
+        spec, params, projected, h_prev, carry, recurrent_input, products
+    )
     if spec.layer_norm:
         h = _layer_norm(spec, params, h)
     if spec.residual:
@@ -253,13 +267,46 @@ def make_step_fn(spec, add_input_bias=False):
     function for the same spec.
     """
 
-    def step_fn(params, projected, states):
+    def step_fn(params, projected, states, products=None):
         weights = params["weights"]
         if add_input_bias and spec.use_bias:
             projected = projected + input_bias(spec, weights)
-        return step(spec, weights, projected, states, params.get("recurrent_mask"))
+        return step(
+            spec, weights, projected, states, params.get("recurrent_mask"), products
+        )
 
+    step_fn.deferred = _deferred_linears(spec)
     return step_fn
+
+
+def _deferred_linears(spec):
+    """The step's linears whose product is added to the projected input.
+
+    ``((path in params, input_fn), ...)`` for the engine (see
+    ``keras_feedback.engine._xla``): ``U_c c_{t-1}`` when there is feedback,
+    ``U h_{t-1}`` for the simple and LSTM cores (GRU's candidate multiplies
+    its share by the reset gate). ``input_fn(params, states)`` also takes
+    whole ``(B, T, s)`` state sequences. ``step_fn(..., products)`` takes
+    their products by the last name of the path.
+    """
+    deferred = []
+    if spec.core in ("simple", "lstm"):
+        deferred.append((("weights", "recurrent_kernel"), _recurrent_input))
+    if spec.feedback_units:
+        deferred.append((("weights", "feedback_recurrent_kernel"), _feedback_input))
+    return tuple(deferred)
+
+
+def _recurrent_input(params, states):
+    h = states[0]
+    mask = params.get("recurrent_mask")
+    if mask is None:
+        return h
+    return h * (mask[:, None] if h.shape.rank == 3 else mask)
+
+
+def _feedback_input(params, states):
+    return states[-1]
 
 
 @functools.lru_cache(maxsize=None)

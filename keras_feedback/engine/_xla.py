@@ -44,6 +44,11 @@ from tensorflow.compiler.tf2xla.ops import gen_xla_ops
 from tensorflow.python.eager import record
 
 _HALF = (tf.float16, tf.bfloat16)
+# Most bytes per sequence the forward pass keeps of its step inputs (plus the
+# deferred products) for the backward pass, which then does not recompute
+# them: 256 KiB is T=100 steps of a 512-unit LSTM gate width in float32. A
+# longer (or dynamic) time axis recomputes instead, to bound memory.
+KEEP_SUMS_BYTES_PER_SEQUENCE = 256 * 2**10
 # Batch shards run side by side on CPU (see ``shard_count``).
 MAX_SHARDS = 8
 MIN_SHARD_ROWS = 8
@@ -62,6 +67,9 @@ class _Config:
     steps: Optional[int]  # static time for unroll=True, else None
     save: bool = True  # write the states entering every step (for backward)
     project: Optional[Callable] = None  # project(params, inputs), see ``run``
+    # Keep each step's input plus its deferred products for the backward
+    # pass (which then recomputes neither); see ``run``.
+    keep_sums: bool = False
 
 
 def _start(t, rank, axis=0):
@@ -242,9 +250,20 @@ def _forward(cfg, params, inputs, keep, states):
         i = _input_index(cfg, num_steps, t)
         return (inputs[:, i],) + (() if keep is None else (keep[:, i][:, None],))
 
+    deferred = _deferred(cfg, params)
+    leaves = tf.nest.flatten(params)
+
     def body(t, current, carry):
         states, last_output, last_trace = carry
-        output, new_states, trace = cfg.step_fn(params, current[0], states)
+        x = current[0]
+        if cfg.keep_sums:
+            # x_t + U h_{t-1} (+ U_c c_{t-1}), kept for the backward pass.
+            for i, input_fn, _ in deferred:
+                x = x + tf.matmul(input_fn(params, states), leaves[i])
+            zeros = {name: tf.zeros_like(x) for _, _, name in deferred}
+            output, new_states, trace = cfg.step_fn(params, x, states, zeros)
+        else:
+            output, new_states, trace = cfg.step_fn(params, x, states)
         new_states = list(new_states)
         trace = {k: trace[k] for k in trace_sizes}
         if keep is not None:
@@ -254,12 +273,14 @@ def _forward(cfg, params, inputs, keep, states):
             output = tf.where(kept, output, held)
             trace = {k: tf.where(kept, trace[k], last_trace[k]) for k in trace}
         values = list(states) if cfg.save else []
+        if cfg.keep_sums:
+            values.append(x)
         if cfg.return_sequences:
             values.append(output)
         values += [trace[k] for k in trace_sizes]
         return (new_states, output, trace), values
 
-    n_saved = len(states) if cfg.save else 0
+    n_saved = (len(states) + cfg.keep_sums) if cfg.save else 0
 
     def index(t):
         i = _input_index(cfg, num_steps, t)
@@ -267,8 +288,11 @@ def _forward(cfg, params, inputs, keep, states):
 
     # Saved states batch-major (B, T, s), like the inputs: the backward pass
     # multiplies them with the input gradient as one matmul (deferred).
+    saved_sizes = [tf.shape(s)[-1] for s in states]
+    if cfg.keep_sums:
+        saved_sizes.append(tf.shape(inputs)[-1])
     buffers = [
-        tf.zeros([batch, num_steps, tf.shape(s)[-1]], dtype) for s in states[:n_saved]
+        tf.zeros([batch, num_steps, size], dtype) for size in saved_sizes[:n_saved]
     ]
     if cfg.return_sequences:
         buffers.append(zeros(cfg.output_size, time=True))
@@ -290,7 +314,7 @@ def _forward(cfg, params, inputs, keep, states):
 
 
 def _deferred(cfg, params):
-    """``[(leaf index, input function)]`` of the step's deferred linears.
+    """``[(leaf index, input function, name)]`` of the deferred linears.
 
     ``step_fn.deferred`` (optional) lists ``(path, input_fn)``: a kernel
     (``params`` at ``path``) whose product with ``input_fn(params, states)``
@@ -302,8 +326,20 @@ def _deferred(cfg, params):
     found = []
     for path, input_fn in getattr(cfg.step_fn, "deferred", ()):
         marked = _mark(params, path)
-        found.append((tf.nest.flatten(marked).index(True), input_fn))
+        found.append((tf.nest.flatten(marked).index(True), input_fn, path[-1]))
     return found
+
+
+@tf.custom_gradient
+def _zero_product(x, kernel):
+    """Zeros shaped like ``x @ kernel``, with the gradient of ``x @ kernel``
+    for ``x`` (the product's value is already in the step's input)."""
+    zeros = tf.zeros(tf.concat([tf.shape(x)[:-1], tf.shape(kernel)[-1:]], 0), x.dtype)
+
+    def grad(upstream):
+        return tf.matmul(upstream, kernel, transpose_b=True), tf.zeros_like(kernel)
+
+    return zeros, grad
 
 
 def _mark(structure, path, prefix=()):
@@ -319,7 +355,7 @@ def _mark(structure, path, prefix=()):
 
 def _summed(cfg, params):
     """Indices of the floating leaves whose gradient is summed per step."""
-    deferred = {i for i, _ in _deferred(cfg, params)}
+    deferred = {i for i, _, _ in _deferred(cfg, params)}
     return [i for i in _floating(tf.nest.flatten(params)) if i not in deferred]
 
 
@@ -344,9 +380,17 @@ def _vjp(cfg, params, x, states, cotangents):
     sources = [x, states, [leaves[i] for i in floating]]
     with tf.GradientTape(watch_accessed_variables=False) as tape:
         tape.watch(tf.nest.flatten(sources))
-        output, new_states, trace = cfg.step_fn(
-            tf.nest.pack_sequence_as(params, leaves), x, states
-        )
+        params_in = tf.nest.pack_sequence_as(params, leaves)
+        if cfg.keep_sums:
+            # ``x`` already holds the products: the step gets zeros that
+            # carry their gradient to the states.
+            products = {
+                name: _zero_product(input_fn(params_in, states), leaves[i])
+                for i, input_fn, name in _deferred(cfg, params)
+            }
+            output, new_states, trace = cfg.step_fn(params_in, x, states, products)
+        else:
+            output, new_states, trace = cfg.step_fn(params_in, x, states)
     d_output, d_new_states, d_traces = cotangents
     return tape.gradient(
         [output] + list(new_states) + [trace[k] for k, _ in cfg.traces],
@@ -368,13 +412,17 @@ def _backward(cfg, params, inputs, keep, states, saved, grads):
     inputs' as one large matmul each.
     """
     g_outputs, g_last, g_states, g_traces = grads
-    projected = _project(cfg, params, inputs)
+    n_states = len(states)
+    if cfg.keep_sums:
+        projected = saved[n_states]  # the forward's x_t + products
+    else:
+        projected = _project(cfg, params, inputs)
+    saved = saved[:n_states]
     num_steps = tf.shape(projected)[1] if cfg.steps is None else cfg.steps
     leaves = tf.nest.flatten(params)
     floating = _floating(leaves)
     summed = _summed(cfg, params)
     trace_keys = [k for k, _ in cfg.traces]
-    n_states = len(states)
 
     def read(k, buffers):
         t = num_steps - 1 - k
@@ -431,7 +479,7 @@ def _backward(cfg, params, inputs, keep, states, saved, grads):
     d_sums = [tf.zeros_like(leaf, _sum_dtype(leaf.dtype)) for leaf in leaves]
     for i, d in zip(summed, d_params):
         d_sums[i] = d
-    for i, input_fn in _deferred(cfg, params):
+    for i, input_fn, _ in _deferred(cfg, params):
         d_sums[i] = _sequence_matmul(input_fn(params, saved), d_projected)
     d_inputs = d_projected
     if cfg.project is not None:
@@ -608,6 +656,16 @@ def run(
     return tf.nest.map_structure(concat, *results)
 
 
+def _keeps_sums(cfg, params, projected):
+    """Whether the forward pass keeps its step inputs plus products (see
+    ``KEEP_SUMS_BYTES_PER_SEQUENCE``): only with deferred linears and a
+    static time axis."""
+    time, width = projected.shape[1], projected.shape[-1]
+    if not _deferred(cfg, params) or time is None or width is None:
+        return False
+    return time * width * projected.dtype.size <= KEEP_SUMS_BYTES_PER_SEQUENCE
+
+
 def _recording(tensors):
     """Whether a gradient tape records operations on ``tensors``.
 
@@ -631,7 +689,6 @@ def _run(cfg, params, inputs, keep, initial_states):
     args = [inputs] + ([keep] if masked else []) + list(initial_states)
     args += [leaves[i] for i in floating]
     save = _recording([a for a in args if a.dtype.is_floating])
-    forward, backward = _compiled(dataclasses.replace(cfg, save=save))
 
     def unpack(args):
         args = list(args)
@@ -654,6 +711,9 @@ def _run(cfg, params, inputs, keep, initial_states):
         # every core (measured faster than XLA:CPU's); the backward pass
         # recomputes it rather than keep it.
         projected = _project(cfg, params_in, inputs)
+        keep_sums = save and _keeps_sums(cfg, params_in, projected)
+        run_cfg = dataclasses.replace(cfg, save=save, keep_sums=keep_sums)
+        forward, backward = _compiled(run_cfg)
         outputs, last_output, final_states, traces, saved = forward(
             params_in, projected, keep, states
         )
