@@ -44,11 +44,11 @@ from tensorflow.compiler.tf2xla.ops import gen_xla_ops
 from tensorflow.python.eager import record
 
 _HALF = (tf.float16, tf.bfloat16)
-# Most bytes per sequence the forward pass keeps of its step inputs (plus the
-# deferred products) for the backward pass, which then does not recompute
-# them: 256 KiB is T=100 steps of a 512-unit LSTM gate width in float32. A
-# longer (or dynamic) time axis recomputes instead, to bound memory.
-KEEP_SUMS_BYTES_PER_SEQUENCE = 256 * 2**10
+# Up to this many (static) time steps, the forward pass keeps each step's
+# input plus its deferred products for the backward pass, which then
+# recomputes neither (one (B, T, G) tensor kept between the passes); longer
+# or dynamic time axes recompute them, to bound memory on long sequences.
+KEEP_SUMS_MAX_STEPS = 256
 # Batch shards run side by side on CPU (see ``shard_count``).
 MAX_SHARDS = 8
 MIN_SHARD_ROWS = 8
@@ -658,12 +658,12 @@ def run(
 
 def _keeps_sums(cfg, params, projected):
     """Whether the forward pass keeps its step inputs plus products (see
-    ``KEEP_SUMS_BYTES_PER_SEQUENCE``): only with deferred linears and a
-    static time axis."""
-    time, width = projected.shape[1], projected.shape[-1]
-    if not _deferred(cfg, params) or time is None or width is None:
+    ``KEEP_SUMS_MAX_STEPS``): only with deferred linears and a static time
+    axis."""
+    time = projected.shape[1]
+    if not _deferred(cfg, params) or time is None:
         return False
-    return time * width * projected.dtype.size <= KEEP_SUMS_BYTES_PER_SEQUENCE
+    return time <= KEEP_SUMS_MAX_STEPS
 
 
 def _recording(tensors):
