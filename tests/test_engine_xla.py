@@ -378,12 +378,16 @@ def test_pad_time_rejects_bad_arguments(args, pattern):
         engines.pad_time(*args)
 
 
+@pytest.mark.parametrize("keep_sums", [True, False], ids=["kept", "recomputed"])
 @pytest.mark.parametrize("core", CORES)
-def test_batch_shards_equal_reference(rng, monkeypatch, core):
+def test_batch_shards_equal_reference(rng, monkeypatch, core, keep_sums):
     # Three uneven shards (6, 6, 5 rows) whatever the machine's core count:
     # per-example params (a recurrent dropout mask), masks, initial states,
     # traces and go_backwards are split with the batch and put back in order.
+    # Both backward modes: step inputs plus products kept by the forward pass
+    # (short static time axes) or recomputed (long or dynamic ones).
     monkeypatch.setattr(engines._xla, "shard_count", lambda batch=None: 3)
+    monkeypatch.setattr(engines._xla, "KEEP_SUMS_MAX_STEPS", 256 if keep_sums else 0)
     cell = _random_cell(
         rng, core, 4, 2, None, attention=core == "gru", residual=core == "lstm"
     )

@@ -280,20 +280,23 @@ def make_step_fn(spec, add_input_bias=False):
 
 
 def _deferred_linears(spec):
-    """The step's linears whose product is added to the projected input.
+    """The step's linears of the previous states, for the engine.
 
-    ``((path in params, input_fn), ...)`` for the engine (see
-    ``keras_feedback.engine._xla``): ``U_c c_{t-1}`` when there is feedback,
-    ``U h_{t-1}`` for the simple and LSTM cores (GRU's candidate multiplies
-    its share by the reset gate). ``input_fn(params, states)`` also takes
-    whole ``(B, T, s)`` state sequences. ``step_fn(..., products)`` takes
-    their products by the last name of the path.
+    ``((path in params, input_fn, additive), ...)`` for the engine (see
+    ``keras_feedback.engine._xla``): ``U h_{t-1}`` and, with feedback,
+    ``U_c c_{t-1}``. ``additive``: the step adds the product to its input
+    (not GRU's ``U h_{t-1}``, whose candidate share the reset gate
+    multiplies). ``input_fn(params, states)`` also takes whole
+    ``(B, T, s)`` state sequences. ``step_fn(..., products)`` takes their
+    products by the last name of the path.
     """
-    deferred = []
-    if spec.core in ("simple", "lstm"):
-        deferred.append((("weights", "recurrent_kernel"), _recurrent_input))
+    deferred = [
+        (("weights", "recurrent_kernel"), _recurrent_input, spec.core != "gru")
+    ]
     if spec.feedback_units:
-        deferred.append((("weights", "feedback_recurrent_kernel"), _feedback_input))
+        deferred.append(
+            (("weights", "feedback_recurrent_kernel"), _feedback_input, True)
+        )
     return tuple(deferred)
 
 

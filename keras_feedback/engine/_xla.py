@@ -256,12 +256,22 @@ def _forward(cfg, params, inputs, keep, states):
     def body(t, current, carry):
         states, last_output, last_trace = carry
         x = current[0]
+        kept_products = []
         if cfg.keep_sums:
-            # x_t + U h_{t-1} (+ U_c c_{t-1}), kept for the backward pass.
-            for i, input_fn, _ in deferred:
-                x = x + tf.matmul(input_fn(params, states), leaves[i])
-            zeros = {name: tf.zeros_like(x) for _, _, name in deferred}
-            output, new_states, trace = cfg.step_fn(params, x, states, zeros)
+            # x_t + U h_{t-1} (+ U_c c_{t-1}), and any product the step does
+            # not add to x_t, kept for the backward pass.
+            products = {}
+            for i, input_fn, name, additive in deferred:
+                product = tf.matmul(input_fn(params, states), leaves[i])
+                if additive:
+                    x = x + product
+                else:
+                    products[name] = product
+                    kept_products.append(product)
+            for _, _, name, additive in deferred:
+                if additive:
+                    products[name] = tf.zeros_like(x)
+            output, new_states, trace = cfg.step_fn(params, x, states, products)
         else:
             output, new_states, trace = cfg.step_fn(params, x, states)
         new_states = list(new_states)
@@ -274,13 +284,18 @@ def _forward(cfg, params, inputs, keep, states):
             trace = {k: tf.where(kept, trace[k], last_trace[k]) for k in trace}
         values = list(states) if cfg.save else []
         if cfg.keep_sums:
-            values.append(x)
+            values += [x] + kept_products
         if cfg.return_sequences:
             values.append(output)
         values += [trace[k] for k in trace_sizes]
         return (new_states, output, trace), values
 
-    n_saved = (len(states) + cfg.keep_sums) if cfg.save else 0
+    kept_widths = [
+        leaves[i].shape[-1] for i, _, _, additive in deferred if not additive
+    ]
+    n_saved = 0
+    if cfg.save:
+        n_saved = len(states) + (1 + len(kept_widths) if cfg.keep_sums else 0)
 
     def index(t):
         i = _input_index(cfg, num_steps, t)
@@ -290,7 +305,7 @@ def _forward(cfg, params, inputs, keep, states):
     # multiplies them with the input gradient as one matmul (deferred).
     saved_sizes = [tf.shape(s)[-1] for s in states]
     if cfg.keep_sums:
-        saved_sizes.append(tf.shape(inputs)[-1])
+        saved_sizes += [tf.shape(inputs)[-1]] + kept_widths
     buffers = [
         tf.zeros([batch, num_steps, size], dtype) for size in saved_sizes[:n_saved]
     ]
@@ -314,32 +329,38 @@ def _forward(cfg, params, inputs, keep, states):
 
 
 def _deferred(cfg, params):
-    """``[(leaf index, input function, name)]`` of the deferred linears.
+    """``[(leaf index, input_fn, name, additive)]`` of the deferred linears.
 
-    ``step_fn.deferred`` (optional) lists ``(path, input_fn)``: a kernel
-    (``params`` at ``path``) whose product with ``input_fn(params, states)``
-    the step adds to its projected input ``x_t``. That product's gradient is
-    then the gradient of ``x_t``, so the kernel's gradient over all steps is
-    one large matmul after the loop, of the saved states' ``input_fn`` and
-    the input gradient, rather than one small matmul per step.
+    ``step_fn.deferred`` (optional) lists ``(path, input_fn, additive)``: a
+    kernel (``params`` at ``path``) whose product with
+    ``input_fn(params, states)`` the engine may compute and hand to the step
+    (``step_fn(..., products={name: ...})``). ``additive``: the step adds
+    the product to its input ``x_t``, so the product's gradient is the
+    gradient of ``x_t``. The kernel's gradient over all steps is then one
+    large matmul after the loop, of the saved states' ``input_fn`` and the
+    product's gradient, rather than one small matmul per step. Without
+    ``keep_sums`` only additive ones are deferred (the others' gradients
+    would need a stored per-step product gradient).
     """
     found = []
-    for path, input_fn in getattr(cfg.step_fn, "deferred", ()):
-        marked = _mark(params, path)
-        found.append((tf.nest.flatten(marked).index(True), input_fn, path[-1]))
+    for path, input_fn, additive in getattr(cfg.step_fn, "deferred", ()):
+        if additive or cfg.keep_sums:
+            index = tf.nest.flatten(_mark(params, path)).index(True)
+            found.append((index, input_fn, path[-1], additive))
     return found
 
 
 @tf.custom_gradient
-def _zero_product(x, kernel):
-    """Zeros shaped like ``x @ kernel``, with the gradient of ``x @ kernel``
-    for ``x`` (the product's value is already in the step's input)."""
-    zeros = tf.zeros(tf.concat([tf.shape(x)[:-1], tf.shape(kernel)[-1:]], 0), x.dtype)
+def _linked_product(x, value, kernel):
+    """``value`` (the kept ``x @ kernel``, or zeros when the step's input
+    already holds it) with the gradient of ``x @ kernel`` for ``x``; the
+    upstream gradient itself for ``value``."""
 
     def grad(upstream):
-        return tf.matmul(upstream, kernel, transpose_b=True), tf.zeros_like(kernel)
+        d_x = tf.matmul(upstream, kernel, transpose_b=True)
+        return d_x, upstream, tf.zeros_like(kernel)
 
-    return zeros, grad
+    return tf.identity(value), grad
 
 
 def _mark(structure, path, prefix=()):
@@ -355,17 +376,19 @@ def _mark(structure, path, prefix=()):
 
 def _summed(cfg, params):
     """Indices of the floating leaves whose gradient is summed per step."""
-    deferred = {i for i, _, _ in _deferred(cfg, params)}
+    deferred = {entry[0] for entry in _deferred(cfg, params)}
     return [i for i in _floating(tf.nest.flatten(params)) if i not in deferred]
 
 
-def _vjp(cfg, params, x, states, cotangents):
+def _vjp(cfg, params, x, states, kept_products, cotangents):
     """Recomputes one step and pulls ``cotangents`` back to its arguments.
 
     ``cotangents`` is ``(d_output, d_new_states, d_traces)`` (``d_traces``
-    aligned with ``cfg.traces``). Returns ``(d_x, d_states, d_params)``;
-    ``d_params`` is a list over ``_summed`` (the deferred kernels enter the
-    step as constants: their gradients come after the loop).
+    aligned with ``cfg.traces``); ``kept_products`` the forward's products
+    of the non-additive deferred linears (with ``keep_sums``). Returns
+    ``(d_x, d_states, d_params, d_kept_products)``; ``d_params`` is a list
+    over ``_summed`` (the deferred kernels enter the step as constants:
+    their gradients come after the loop).
     """
     leaves = tf.nest.flatten(params)
     floating = _summed(cfg, params)
@@ -377,17 +400,21 @@ def _vjp(cfg, params, x, states, cotangents):
     ]
     x = tf.identity(x)
     states = [tf.identity(s) for s in states]
-    sources = [x, states, [leaves[i] for i in floating]]
+    kept_products = [tf.identity(p) for p in kept_products]
+    sources = [x, states, [leaves[i] for i in floating], kept_products]
     with tf.GradientTape(watch_accessed_variables=False) as tape:
         tape.watch(tf.nest.flatten(sources))
         params_in = tf.nest.pack_sequence_as(params, leaves)
         if cfg.keep_sums:
-            # ``x`` already holds the products: the step gets zeros that
-            # carry their gradient to the states.
-            products = {
-                name: _zero_product(input_fn(params_in, states), leaves[i])
-                for i, input_fn, name in _deferred(cfg, params)
-            }
+            # ``x`` already holds the additive products, the others were
+            # kept: the step gets their values, whose gradients reach the
+            # states through ``input_fn`` without recomputing a matmul.
+            products, kept = {}, iter(kept_products)
+            for i, input_fn, name, additive in _deferred(cfg, params):
+                value = tf.zeros_like(x) if additive else next(kept)
+                products[name] = _linked_product(
+                    input_fn(params_in, states), value, leaves[i]
+                )
             output, new_states, trace = cfg.step_fn(params_in, x, states, products)
         else:
             output, new_states, trace = cfg.step_fn(params_in, x, states)
@@ -417,6 +444,8 @@ def _backward(cfg, params, inputs, keep, states, saved, grads):
         projected = saved[n_states]  # the forward's x_t + products
     else:
         projected = _project(cfg, params, inputs)
+    # The kept non-additive products, replaced by their gradients in place.
+    kept_products = list(saved[n_states + 1 :])
     saved = saved[:n_states]
     num_steps = tf.shape(projected)[1] if cfg.steps is None else cfg.steps
     leaves = tf.nest.flatten(params)
@@ -429,6 +458,7 @@ def _backward(cfg, params, inputs, keep, states, saved, grads):
         i = _input_index(cfg, num_steps, t)
         return dict(
             x=buffers[0][:, i],
+            products=[b[:, i] for b in buffers[1:]],
             entering=[b[:, i] for b in saved],
             g_output=() if g_outputs is None else g_outputs[:, t],
             g_trace=[g_traces[n][:, t] for n in trace_keys],
@@ -452,35 +482,43 @@ def _backward(cfg, params, inputs, keep, states, saved, grads):
         if cfg.zero_output_for_mask:
             past[0] = tf.zeros_like(past[0])
         cotangents = (into[0], into[1 : 1 + n_states], into[1 + n_states :])
-        d_x, d_entering, d_params = _vjp(
-            cfg, params, current["x"], current["entering"], cotangents
+        d_x, d_entering, d_params, d_products = _vjp(
+            cfg,
+            params,
+            current["x"],
+            current["entering"],
+            current["products"],
+            cotangents,
         )
         d_entering = [d + p for d, p in zip(d_entering, past[1 : 1 + n_states])]
         accumulators = [a + tf.cast(d, a.dtype) for a, d in zip(accumulators, d_params)]
         carry = (d_entering, past[0], past[1 + n_states :], accumulators)
-        return carry, [d_x]
+        return carry, [d_x] + list(d_products)
 
     def index(k):
-        return [_input_index(cfg, num_steps, num_steps - 1 - k)]
+        i = _input_index(cfg, num_steps, num_steps - 1 - k)
+        return [i] * (1 + len(kept_products))
 
     g_trace = [tf.zeros_like(g_traces[n][:, 0]) for n in trace_keys]
     carry = (list(g_states), g_last, g_trace, _accumulators(leaves, summed))
-    (g_states, _, _, d_params), (d_projected,) = _loop(
+    (g_states, _, _, d_params), (d_projected, *d_products) = _loop(
         num_steps,
         read,
         body,
         carry,
-        [projected],
+        [projected] + kept_products,
         index,
         cfg.steps,
-        writers=[_write_batch_major],
+        writers=[_write_batch_major] * (1 + len(kept_products)),
         pipelined=False,
     )
     d_sums = [tf.zeros_like(leaf, _sum_dtype(leaf.dtype)) for leaf in leaves]
     for i, d in zip(summed, d_params):
         d_sums[i] = d
-    for i, input_fn, _ in _deferred(cfg, params):
-        d_sums[i] = _sequence_matmul(input_fn(params, saved), d_projected)
+    d_products = iter(d_products)
+    for i, input_fn, _, additive in _deferred(cfg, params):
+        d_product = d_projected if additive else next(d_products)
+        d_sums[i] = _sequence_matmul(input_fn(params, saved), d_product)
     d_inputs = d_projected
     if cfg.project is not None:
         d_inputs, d_projection = _projection_vjp(cfg, params, inputs, d_projected)
@@ -661,7 +699,7 @@ def _keeps_sums(cfg, params, projected):
     ``KEEP_SUMS_MAX_STEPS``): only with deferred linears and a static time
     axis."""
     time = projected.shape[1]
-    if not _deferred(cfg, params) or time is None:
+    if not getattr(cfg.step_fn, "deferred", ()) or time is None:
         return False
     return time <= KEEP_SUMS_MAX_STEPS
 
