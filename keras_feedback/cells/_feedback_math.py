@@ -150,7 +150,6 @@ def _product(params, products, name, x):
 
 def _core(spec, params, projected, h_prev, carry, recurrent_input, products=None):
     """The core update ``f``; returns (candidate h, new LSTM carry or None)."""
-    units = spec.units
     recurrent = _product(params, products, "recurrent_kernel", recurrent_input)
     if spec.core == "simple":
         return spec.activation(projected + recurrent), None
@@ -163,11 +162,12 @@ def _core(spec, params, projected, h_prev, carry, recurrent_input, products=None
         r = spec.recurrent_activation(x_r + r_r)
         candidate = spec.activation(x_h + r * r_h)
         return z * h_prev + (1 - z) * candidate, None
-    z = projected + recurrent
-    i = spec.recurrent_activation(z[..., :units])
-    f = spec.recurrent_activation(z[..., units : 2 * units])
-    g = spec.activation(z[..., 2 * units : 3 * units])
-    o = spec.recurrent_activation(z[..., 3 * units :])
+    # One split (its gradient is one concatenation) rather than four slices.
+    z_i, z_f, z_g, z_o = tf.split(projected + recurrent, 4, axis=-1)
+    i = spec.recurrent_activation(z_i)
+    f = spec.recurrent_activation(z_f)
+    g = spec.activation(z_g)
+    o = spec.recurrent_activation(z_o)
     new_carry = f * carry + i * g
     return o * spec.activation(new_carry), new_carry
 
