@@ -235,8 +235,13 @@ def _project(cfg, params, inputs):
 
 
 def _forward(cfg, params, inputs, keep, states):
-    """The forward loop (on projected inputs); also returns the state
-    entering every step."""
+    """The forward loop (on projected inputs).
+
+    Also returns what the backward pass needs (``cfg.save``): the state
+    entering every step, batch-major, then, with ``cfg.keep_sums``, every
+    step's input plus its additive deferred products and its other deferred
+    products.
+    """
     num_steps = tf.shape(inputs)[1] if cfg.steps is None else cfg.steps
     batch = tf.shape(inputs)[0]
     dtype = inputs.dtype
