@@ -139,6 +139,23 @@ def test_train_adding_problem_saves_a_model_that_learned(data_dir, tmp_path, cap
     assert trained.evaluate(test, verbose=0) < untrained.evaluate(test, verbose=0)
 
 
+def test_train_scalar_regression_keeps_the_output_axis(data_dir, tmp_path):
+    # (batch,) outputs would make Keras's "mse" skip its division by the
+    # replica count under tf.distribute (gradients x replicas): the model
+    # outputs (batch, 1), and its loss against (batch,) targets is the MSE.
+    model_file = _config(tmp_path, {"feedback": {"units": 4}})
+    data, task = datasets.load(
+        "adding_problem/T50", "test[:8]", data_dir=data_dir, batch_size=8
+    )
+    model = train.build_model(task, train.read_config(model_file))
+    assert model.output_shape == (None, 1)
+    x, y = next(iter(data))
+    assert y.shape == (8,)
+    predicted = np.asarray(model.predict(x, verbose=0))[:, 0]
+    expected = np.mean((predicted - np.asarray(y)) ** 2)
+    np.testing.assert_allclose(model.evaluate(x, y, verbose=0), expected, rtol=1e-5)
+
+
 def test_train_mnist_rows_from_a_keras_model_config(tmp_path, capsys):
     import keras_feedback
 

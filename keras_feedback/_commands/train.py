@@ -170,9 +170,11 @@ def build_model(task, config):
                 raise ConfigError(f'"feedback"[{i}]: {error}') from None
             hidden = layer(hidden)
         activation = None if task.num_classes is None else "softmax"
+        # A scalar target keeps its (batch, 1) output (the loss matches it to
+        # (batch,) targets): on (batch,) outputs Keras's mean squared error
+        # skips its division by the replica count under tf.distribute, which
+        # multiplies the gradients by it (docs/distributed.md).
         outputs = keras.layers.Dense(task.target_size, activation, name="y")(hidden)
-        if task.num_classes is None and task.target_size == 1:
-            outputs = keras.layers.Reshape((), name="y_scalar")(outputs)
         model = keras.Model(inputs, outputs, name="feedback_model")
     metrics = [] if task.num_classes is None else ["sparse_categorical_accuracy"]
     model.compile(
