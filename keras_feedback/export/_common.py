@@ -9,6 +9,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_feedback.layers._feedback import Feedback
+from keras_feedback.layers._feedback_loop import nested_layers
 
 # The engine every exported graph is traced with: a plain ``tf.while_loop``
 # that TF Serving runs as is and that converts to LiteRT's builtin WHILE.
@@ -48,24 +49,6 @@ def check_target(path, overwrite, argument):
             f"Argument `{argument}`: {os.fspath(path)!r} already exists. Pass "
             "overwrite=True to replace it."
         )
-
-
-def iter_layers(layer):
-    """``layer`` and every layer nested in it (models, wrappers), once each."""
-    seen = set()
-    stack = [layer]
-    while stack:
-        current = stack.pop(0)
-        if id(current) in seen:
-            continue
-        seen.add(id(current))
-        yield current
-        if isinstance(current, keras.Model):
-            stack.extend(current.layers)
-        if isinstance(current, keras.layers.Bidirectional):
-            stack.extend([current.forward_layer, current.backward_layer])
-        elif isinstance(current, keras.layers.Wrapper):
-            stack.append(current.layer)
 
 
 def start_states(layer):
@@ -129,7 +112,7 @@ def export_mode(model, engine=True):
     (``start_states``) where Keras would read them. ``engine=False`` keeps
     each layer's own engine (to compare with).
     """
-    layers = [layer for layer in iter_layers(model) if isinstance(layer, Feedback)]
+    layers = [layer for layer in nested_layers(model) if isinstance(layer, Feedback)]
     saved = [(layer.engine, layer.stateful) for layer in layers]
     try:
         for layer in layers:

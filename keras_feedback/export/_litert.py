@@ -88,7 +88,7 @@ def _layer_of(location, layers):
 def _conversion_error(error, model):
     """A ValueError naming the ops (and their layers) LiteRT has no kernel for."""
     layers = [
-        layer for layer in _common.iter_layers(model) if layer is not model
+        layer for layer in _common.nested_layers(model) if layer is not model
     ]
     layers.sort(key=lambda layer: -len(layer.name))
     problems = {}

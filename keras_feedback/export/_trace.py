@@ -315,7 +315,7 @@ class ExportPlan:
 
     def _find_step_problems(self):
         problems = []
-        for layer in _common.iter_layers(self.model):
+        for layer in _common.nested_layers(self.model):
             if isinstance(layer, keras.layers.Bidirectional):
                 problems.append(
                     (layer, "a bidirectional layer reads the sequence from its end")
