@@ -378,16 +378,31 @@ def test_pad_time_rejects_bad_arguments(args, pattern):
         engines.pad_time(*args)
 
 
-@pytest.mark.parametrize("keep_sums", [True, False], ids=["kept", "recomputed"])
+def use_mode(monkeypatch, mode):
+    """Makes the fused engine's loops run in ``mode``: "kept" (the forward
+    pass keeps step inputs plus products: short static time axes),
+    "windows" (by windows of 4 steps: long or dynamic ones) or "recomputed"
+    (whole-sequence backward pass recomputing the products: a gradient of a
+    loop that saved nothing)."""
+    xla = engines._xla
+    monkeypatch.setattr(xla, "KEEP_SUMS_MAX_STEPS", 256 if mode == "kept" else 0)
+    monkeypatch.setattr(xla, "SEGMENT_STEPS", 4)
+    if mode == "recomputed":
+        monkeypatch.setattr(xla, "_segment", lambda cfg, inputs: None)
+
+
+MODES = ["kept", "windows", "recomputed"]
+
+
+@pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("core", CORES)
-def test_batch_shards_equal_reference(rng, monkeypatch, core, keep_sums):
+def test_batch_shards_equal_reference(rng, monkeypatch, core, mode):
     # Three uneven shards (6, 6, 5 rows) whatever the machine's core count:
     # per-example params (a recurrent dropout mask), masks, initial states,
-    # traces and go_backwards are split with the batch and put back in order.
-    # Both backward modes: step inputs plus products kept by the forward pass
-    # (short static time axes) or recomputed (long or dynamic ones).
+    # traces and go_backwards are split with the batch and put back in order,
+    # in every mode of the loops (6 steps: a full window and a partial one).
     monkeypatch.setattr(engines._xla, "shard_count", lambda batch=None: 3)
-    monkeypatch.setattr(engines._xla, "KEEP_SUMS_MAX_STEPS", 256 if keep_sums else 0)
+    use_mode(monkeypatch, mode)
     cell = _random_cell(
         rng, core, 4, 2, None, attention=core == "gru", residual=core == "lstm"
     )
@@ -452,3 +467,46 @@ def test_gradient_of_a_function_traced_without_tape(rng):
     _assert_close(y, y_ref)
     for a, e in zip(grads, g_ref):
         _assert_close(a, e)
+
+
+@pytest.mark.parametrize("core", CORES)
+def test_layer_by_windows_equals_reference(rng, monkeypatch, core):
+    # A Feedback layer (the engine projects its inputs) over 11 steps in
+    # windows of 4 (the last one partial), masked, going backwards, with
+    # feedback, attention and return_sequences: outputs, input and weight
+    # gradients equal the reference engine's, under a fixed and a dynamic
+    # time axis.
+    use_mode(monkeypatch, "windows")
+    xla = engines._xla
+    traced = []
+    for name in ("_forward_windows", "_backward_windows"):
+        original = getattr(xla, name)
+        monkeypatch.setattr(
+            xla, name, lambda *a, f=original, n=name: traced.append(n) or f(*a)
+        )
+    xla._compiled.cache_clear()
+    x = tf.constant(rng.standard_normal((5, 11, 3)), tf.float32)
+    mask = tf.constant(rng.random((5, 11)) < 0.8)
+    ref, fused = _layer_pair(
+        rng,
+        x,
+        core=core,
+        feedback_units=2,
+        attention=True,
+        residual=core == "simple",
+        go_backwards=True,
+        return_sequences=True,
+    )
+    y_ref, g_ref = _loss_and_grads(ref, x, mask=mask)
+    y, g = _loss_and_grads(fused, x, mask=mask)
+    spec = tf.TensorSpec([None, None, 3], tf.float32)
+    dynamic = tf.function(
+        lambda x, mask: _loss_and_grads(fused, x, mask=mask),
+        input_signature=[spec, tf.TensorSpec([None, None], tf.bool)],
+    )
+    y_dynamic, g_dynamic = dynamic(x, mask)
+    for actual, grads in ((y, g), (y_dynamic, g_dynamic)):
+        _assert_close(actual, y_ref)
+        for a, e in zip(grads, g_ref):
+            _assert_close(a, e)
+    assert {"_forward_windows", "_backward_windows"} <= set(traced)

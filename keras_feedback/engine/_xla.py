@@ -49,6 +49,12 @@ _HALF = (tf.float16, tf.bfloat16)
 # recomputes neither (one (B, T, G) tensor kept between the passes); longer
 # or dynamic time axes recompute them, to bound memory on long sequences.
 KEEP_SUMS_MAX_STEPS = 256
+# Longer (or dynamic) time axes run by windows of this many steps: the
+# forward pass keeps only the states entering each window; the backward
+# pass runs each window again (from its entering states, keeping sums) and
+# then in reverse. Memory then grows with the window, not with the sequence
+# (beyond the inputs, their gradient and the outputs asked for).
+SEGMENT_STEPS = 64
 # Batch shards run side by side on CPU (see ``shard_count``).
 MAX_SHARDS = 8
 MIN_SHARD_ROWS = 8
@@ -70,6 +76,9 @@ class _Config:
     # Keep each step's input plus its deferred products for the backward
     # pass (which then recomputes neither); see ``run``.
     keep_sums: bool = False
+    # Run (and differentiate) the loop by windows of this many steps; see
+    # ``SEGMENT_STEPS``.
+    segment: Optional[int] = None
 
 
 def _start(t, rank, axis=0):
@@ -190,25 +199,25 @@ def _loop(
 
         loop_vars = (tf.constant(0), carry, buffers)
         last = num_steps - 1
-    # Static shapes can be sharper at t = 0 than for any t; XLA knows every
-    # shape when it compiles.
+    results = _while(lambda t, *_: t <= last, iteration, loop_vars)
+    if pipelined:
+        return results[2], results[3]
+    return results[1], results[2]
+
+
+def _while(cond, body, loop_vars):
+    """``tf.while_loop`` whose loop variables keep only their last axis'
+    static size: static shapes can be sharper before the first iteration
+    than for any; XLA knows every shape when it compiles."""
     invariants = tf.nest.map_structure(lambda x: _relaxed(x.shape), loop_vars)
 
-    def shaped_iteration(*loop_vars):
-        loop_vars = iteration(*loop_vars)
+    def shaped_body(*loop_vars):
+        loop_vars = body(*loop_vars)
         for x, shape in zip(tf.nest.flatten(loop_vars), tf.nest.flatten(invariants)):
             x.set_shape(shape)
         return loop_vars
 
-    results = tf.while_loop(
-        lambda t, *_: t <= last,
-        shaped_iteration,
-        loop_vars,
-        shape_invariants=invariants,
-    )
-    if pipelined:
-        return results[2], results[3]
-    return results[1], results[2]
+    return tf.while_loop(cond, shaped_body, loop_vars, shape_invariants=invariants)
 
 
 def _input_index(cfg, num_steps, t):
@@ -235,21 +244,38 @@ def _project(cfg, params, inputs):
 
 
 def _forward(cfg, params, inputs, keep, states):
+    """The forward pass: ``(outputs, last_output, states, traces, saved)``.
+
+    ``inputs`` are projected, or, by windows (``cfg.segment``), the raw
+    sequences; see ``_steps`` and ``_forward_windows``.
+    """
+    if cfg.segment:
+        return _forward_windows(cfg, params, inputs, keep, states)
+    outputs, (last_output, _), states, traces, saved = _steps(
+        cfg, params, inputs, keep, states
+    )
+    return outputs, last_output, states, traces, saved
+
+
+def _steps(cfg, params, inputs, keep, states, num_steps=None, start=None):
     """The forward loop (on projected inputs).
 
     Also returns what the backward pass needs (``cfg.save``): the state
     entering every step, batch-major, then, with ``cfg.keep_sums``, every
     step's input plus its additive deferred products and its other deferred
-    products.
+    products. ``num_steps`` (a window's) runs fewer steps than the inputs
+    hold (the buffers keep their length, zeros past it); ``start`` is the
+    ``(output, trace)`` a masked first step holds (zeros by default).
     """
-    num_steps = tf.shape(inputs)[1] if cfg.steps is None else cfg.steps
+    length = tf.shape(inputs)[1] if cfg.steps is None else cfg.steps
+    num_steps = length if num_steps is None else num_steps
     batch = tf.shape(inputs)[0]
     dtype = inputs.dtype
     trace_sizes = dict(cfg.traces)
     states = list(states)
 
     def zeros(size, time=False):
-        return tf.zeros([num_steps, batch, size] if time else [batch, size], dtype)
+        return tf.zeros([length, batch, size] if time else [batch, size], dtype)
 
     def read(t, buffers):
         i = _input_index(cfg, num_steps, t)
@@ -312,25 +338,23 @@ def _forward(cfg, params, inputs, keep, states):
     if cfg.keep_sums:
         saved_sizes += [tf.shape(inputs)[-1]] + kept_widths
     buffers = [
-        tf.zeros([batch, num_steps, size], dtype) for size in saved_sizes[:n_saved]
+        tf.zeros([batch, length, size], dtype) for size in saved_sizes[:n_saved]
     ]
     if cfg.return_sequences:
         buffers.append(zeros(cfg.output_size, time=True))
     buffers += [zeros(n, time=True) for n in trace_sizes.values()]
     writers = [_write_batch_major] * n_saved + [_write] * (len(buffers) - n_saved)
-    carry = (
-        states,
-        zeros(cfg.output_size),
-        {k: zeros(n) for k, n in trace_sizes.items()},
-    )
-    (states, last_output, _), buffers = _loop(
+    if start is None:
+        start = (zeros(cfg.output_size), {k: zeros(n) for k, n in trace_sizes.items()})
+    carry = (states,) + tuple(start)
+    (states, last_output, last_trace), buffers = _loop(
         num_steps, read, body, carry, buffers, index, cfg.steps, writers
     )
     saved = buffers[:n_saved]
     buffers = [_time_major(b) for b in buffers[n_saved:]]
     outputs = buffers.pop(0) if cfg.return_sequences else None
     traces = dict(zip(trace_sizes, buffers))
-    return outputs, last_output, list(states), traces, saved
+    return outputs, (last_output, last_trace), list(states), traces, saved
 
 
 def _deferred(cfg, params):
@@ -433,7 +457,7 @@ def _vjp(cfg, params, x, states, kept_products, cotangents):
 
 
 def _backward(cfg, params, inputs, keep, states, saved, grads):
-    """The reverse-time loop: gradients of inputs, initial states and params.
+    """The reverse-time pass: gradients of inputs, initial states and params.
 
     Step ``t``'s VJP gives the gradient of its input ``x_t``, of its
     entering states (carried to step ``t - 1``) and of the parameters
@@ -441,8 +465,11 @@ def _backward(cfg, params, inputs, keep, states, saved, grads):
     recomputed (one matmul) into a buffer whose step ``t`` the loop replaces
     by its gradient once read, so one ``(B, T, G)`` buffer serves both; the
     projection's own VJP then gives the input kernel's gradient and the
-    inputs' as one large matmul each.
+    inputs' as one large matmul each. By windows (``cfg.segment``), see
+    ``_backward_windows``.
     """
+    if cfg.segment:
+        return _backward_windows(cfg, params, inputs, keep, states, saved, grads)
     g_outputs, g_last, g_states, g_traces = grads
     n_states = len(states)
     if cfg.keep_sums:
@@ -452,10 +479,57 @@ def _backward(cfg, params, inputs, keep, states, saved, grads):
     # The kept non-additive products, replaced by their gradients in place.
     kept_products = list(saved[n_states + 1 :])
     saved = saved[:n_states]
-    num_steps = tf.shape(projected)[1] if cfg.steps is None else cfg.steps
     leaves = tf.nest.flatten(params)
-    floating = _floating(leaves)
-    summed = _summed(cfg, params)
+    carry = (
+        list(g_states),
+        g_last,
+        _zero_traces(cfg, g_traces),
+        _accumulators(leaves, _summed(cfg, params)),
+    )
+    (g_states, _, _, d_summed), d_projected, d_products = _reverse(
+        cfg, params, projected, kept_products, saved, keep, g_outputs, g_traces, carry
+    )
+    d_inputs, d_sums = _gradients(
+        cfg, params, inputs, saved, d_summed, d_projected, d_products
+    )
+    return d_inputs, list(g_states), _leaf_gradients(leaves, d_sums)
+
+
+def _zero_traces(cfg, g_traces):
+    return [tf.zeros_like(g_traces[k][:, 0]) for k, _ in cfg.traces]
+
+
+def _leaf_gradients(leaves, d_sums):
+    """``d_sums`` in each floating leaf's dtype; None for the others."""
+    return [
+        tf.cast(d_sums[i], leaf.dtype) if leaf.dtype.is_floating else None
+        for i, leaf in enumerate(leaves)
+    ]
+
+
+def _reverse(
+    cfg,
+    params,
+    projected,
+    kept_products,
+    saved,
+    keep,
+    g_outputs,
+    g_traces,
+    carry,
+    num_steps=None,
+):
+    """The reverse-time loop over ``num_steps`` steps (all by default).
+
+    ``carry`` is ``(d_states, d_output, d_traces, d_summed)``: the
+    cotangents entering the last step and the per-step sums (over
+    ``_summed``). Returns the carry after the first step, the input
+    gradients (in ``projected``'s buffer) and the kept products' gradients
+    (in theirs).
+    """
+    n_states = len(saved)
+    if num_steps is None:
+        num_steps = tf.shape(projected)[1] if cfg.steps is None else cfg.steps
     trace_keys = [k for k, _ in cfg.traces]
 
     def read(k, buffers):
@@ -504,21 +578,27 @@ def _backward(cfg, params, inputs, keep, states, saved, grads):
         i = _input_index(cfg, num_steps, num_steps - 1 - k)
         return [i] * (1 + len(kept_products))
 
-    g_trace = [tf.zeros_like(g_traces[n][:, 0]) for n in trace_keys]
-    carry = (list(g_states), g_last, g_trace, _accumulators(leaves, summed))
-    (g_states, _, _, d_params), (d_projected, *d_products) = _loop(
+    carry, (d_projected, *d_products) = _loop(
         num_steps,
         read,
         body,
         carry,
-        [projected] + kept_products,
+        [projected] + list(kept_products),
         index,
         cfg.steps,
         writers=[_write_batch_major] * (1 + len(kept_products)),
         pipelined=False,
     )
+    return carry, d_projected, d_products
+
+
+def _gradients(cfg, params, inputs, saved, d_summed, d_projected, d_products):
+    """``(d_inputs, d_sums)`` after the loop: the deferred kernels' and the
+    projection's gradients as large matmuls; ``d_sums`` (one per leaf of
+    ``params``, float32 for halves) holds ``d_summed`` at ``_summed``."""
+    leaves = tf.nest.flatten(params)
     d_sums = [tf.zeros_like(leaf, _sum_dtype(leaf.dtype)) for leaf in leaves]
-    for i, d in zip(summed, d_params):
+    for i, d in zip(_summed(cfg, params), d_summed):
         d_sums[i] = d
     d_products = iter(d_products)
     for i, input_fn, _, additive in _deferred(cfg, params):
@@ -527,12 +607,182 @@ def _backward(cfg, params, inputs, keep, states, saved, grads):
     d_inputs = d_projected
     if cfg.project is not None:
         d_inputs, d_projection = _projection_vjp(cfg, params, inputs, d_projected)
-        for i, d in zip(floating, d_projection):
+        for i, d in zip(_floating(leaves), d_projection):
             d_sums[i] = d_sums[i] + tf.cast(d, d_sums[i].dtype)
-    d_leaves = [None] * len(leaves)
-    for i in floating:
-        d_leaves[i] = tf.cast(d_sums[i], leaves[i].dtype)
-    return d_inputs, list(g_states), d_leaves
+    return d_inputs, d_sums
+
+
+def _processing_order(cfg, sequences, length):
+    """``sequences`` (``(B, T, ...)`` or None) in the order the loop takes
+    the steps, padded (zeros, False) to ``length`` steps."""
+    if sequences is None:
+        return None
+    if cfg.go_backwards:
+        sequences = tf.reverse(sequences, [1])
+    padding = [[0, 0], [0, length - tf.shape(sequences)[1]]]
+    return tf.pad(sequences, padding + [[0, 0]] * (sequences.shape.rank - 2))
+
+
+def _window(sequences, begin, size):
+    """``sequences[:, begin:begin + size]`` (a static ``size``)."""
+    if sequences is None:
+        return None
+    shape = tf.unstack(tf.shape(sequences))
+    shape[1] = tf.constant(size)
+    return gen_xla_ops.xla_dynamic_slice(
+        sequences, _start(begin, sequences.shape.rank, axis=1), tf.stack(shape)
+    )
+
+
+def _write_window(buffer, begin, value):
+    """``buffer[:, begin:begin + value.shape[1]] = value``."""
+    return gen_xla_ops.xla_dynamic_update_slice(
+        buffer, value, _start(begin, buffer.shape.rank, axis=1)
+    )
+
+
+def _windows(cfg, inputs):
+    """``(window count, padded length)`` of ``inputs``' time axis."""
+    num_steps = tf.shape(inputs)[1]
+    count = (num_steps + cfg.segment - 1) // cfg.segment
+    return num_steps, count, count * cfg.segment
+
+
+def _forward_windows(cfg, params, inputs, keep, states):
+    """The forward pass by windows of ``cfg.segment`` steps (raw inputs).
+
+    Each window's inputs are projected (one matmul) and run by ``_steps``;
+    what the backward pass needs (``cfg.save``) is the state entering each
+    window, ``(B, windows, s)``.
+    """
+    num_steps, count, length = _windows(cfg, inputs)
+    inputs = _processing_order(cfg, inputs, length)
+    keep = _processing_order(cfg, keep, length)
+    window_cfg = dataclasses.replace(
+        cfg, go_backwards=False, save=False, keep_sums=False, segment=None
+    )
+    batch = tf.shape(inputs)[0]
+    dtype = _project(cfg, params, inputs[:, :0]).dtype
+    trace_sizes = dict(cfg.traces)
+    sizes = ([cfg.output_size] if cfg.return_sequences else []) + list(
+        trace_sizes.values()
+    )
+    buffers = [tf.zeros([batch, length, n], dtype) for n in sizes]
+    checkpoints = [
+        tf.zeros([batch, count, tf.shape(s)[-1]], s.dtype) for s in states
+    ] if cfg.save else []
+    start = (
+        tf.zeros([batch, cfg.output_size], dtype),
+        {k: tf.zeros([batch, n], dtype) for k, n in trace_sizes.items()},
+    )
+
+    def body(j, states, start, buffers, checkpoints):
+        begin = j * cfg.segment
+        outputs, start, new_states, traces, _ = _steps(
+            window_cfg,
+            params,
+            _project(cfg, params, _window(inputs, begin, cfg.segment)),
+            _window(keep, begin, cfg.segment),
+            states,
+            num_steps=tf.minimum(cfg.segment, num_steps - begin),
+            start=start,
+        )
+        values = ([outputs] if cfg.return_sequences else []) + [
+            traces[k] for k in trace_sizes
+        ]
+        buffers = [_write_window(b, begin, v) for b, v in zip(buffers, values)]
+        checkpoints = [
+            _write_batch_major(c, j, s) for c, s in zip(checkpoints, states)
+        ]
+        return j + 1, new_states, start, buffers, checkpoints
+
+    loop_vars = (tf.constant(0), list(states), start, buffers, checkpoints)
+    _, states, (last_output, _), buffers, checkpoints = _while(
+        lambda j, *_: j < count, body, loop_vars
+    )
+    buffers = [b[:, :num_steps] for b in buffers]
+    outputs = buffers.pop(0) if cfg.return_sequences else None
+    traces = dict(zip(trace_sizes, buffers))
+    return outputs, last_output, list(states), traces, checkpoints
+
+
+def _backward_windows(cfg, params, inputs, keep, states, saved, grads):
+    """``_backward`` by windows of ``cfg.segment`` steps, last window first.
+
+    ``saved`` holds the states entering each window. Each window runs its
+    steps again from there, keeping their inputs plus products
+    (``keep_sums``), and then runs the reverse loop, the deferred kernels'
+    matmuls and the projection's VJP on the window alone. Memory: a few
+    window-sized buffers instead of whole-sequence ones; cost: the window's
+    forward matmuls once more, which the whole-sequence reverse loop
+    recomputes anyway without kept sums.
+    """
+    g_outputs, g_last, g_states, g_traces = grads
+    num_steps, count, length = _windows(cfg, inputs)
+    size = cfg.segment
+    inputs = _processing_order(cfg, inputs, length)
+    keep = _processing_order(cfg, keep, length)
+    # The output and trace cotangents are in processing order already.
+    pad = dataclasses.replace(cfg, go_backwards=False)
+    g_outputs = _processing_order(pad, g_outputs, length)
+    g_traces = {k: _processing_order(pad, g, length) for k, g in g_traces.items()}
+    window_cfg = dataclasses.replace(
+        cfg, go_backwards=False, keep_sums=True, segment=None
+    )
+    forward_cfg = dataclasses.replace(
+        window_cfg, save=True, return_sequences=False, traces=()
+    )
+    leaves = tf.nest.flatten(params)
+    n_states = len(states)
+
+    def body(j, carry, totals, d_inputs):
+        begin = j * size
+        steps = tf.minimum(size, num_steps - begin)
+        x = _window(inputs, begin, size)
+        kept = _window(keep, begin, size)
+        entering = [c[:, j] for c in saved]
+        *_, kept_sums = _steps(
+            forward_cfg,
+            params,
+            _project(cfg, params, x),
+            kept,
+            entering,
+            num_steps=steps,
+        )
+        window_states = kept_sums[:n_states]
+        carry = carry[:3] + (_accumulators(leaves, _summed(window_cfg, params)),)
+        carry, d_projected, d_products = _reverse(
+            window_cfg,
+            params,
+            kept_sums[n_states],
+            kept_sums[n_states + 1 :],
+            window_states,
+            kept,
+            _window(g_outputs, begin, size),
+            {k: _window(g, begin, size) for k, g in g_traces.items()},
+            carry,
+            num_steps=steps,
+        )
+        d_x, d_sums = _gradients(
+            window_cfg, params, x, window_states, carry[3], d_projected, d_products
+        )
+        totals = [a + d for a, d in zip(totals, d_sums)]
+        return j - 1, carry, totals, _write_window(d_inputs, begin, d_x)
+
+    carry = (
+        list(g_states),
+        g_last,
+        _zero_traces(cfg, g_traces),
+        _accumulators(leaves, _summed(window_cfg, params)),
+    )
+    totals = [tf.zeros_like(leaf, _sum_dtype(leaf.dtype)) for leaf in leaves]
+    d_inputs = tf.zeros_like(inputs)
+    loop_vars = (count - 1, carry, totals, d_inputs)
+    _, carry, totals, d_inputs = _while(lambda j, *_: j >= 0, body, loop_vars)
+    d_inputs = d_inputs[:, :num_steps]
+    if cfg.go_backwards:
+        d_inputs = tf.reverse(d_inputs, [1])
+    return d_inputs, list(carry[0]), _leaf_gradients(leaves, totals)
 
 
 def _sequence_matmul(a, b):
@@ -699,14 +949,32 @@ def run(
     return tf.nest.map_structure(concat, *results)
 
 
-def _keeps_sums(cfg, params, projected):
+def _keeps_sums(cfg, inputs):
     """Whether the forward pass keeps its step inputs plus products (see
     ``KEEP_SUMS_MAX_STEPS``): only with deferred linears and a static time
     axis."""
-    time = projected.shape[1]
+    time = inputs.shape[1]
     if not getattr(cfg.step_fn, "deferred", ()) or time is None:
         return False
     return time <= KEEP_SUMS_MAX_STEPS
+
+
+def _segment(cfg, inputs):
+    """The window length of a loop run by windows (``SEGMENT_STEPS``), or
+    None: time axes longer than ``KEEP_SUMS_MAX_STEPS`` or dynamic, with
+    deferred linears, not unrolled."""
+    time = inputs.shape[1]
+    if not getattr(cfg.step_fn, "deferred", ()) or cfg.steps is not None:
+        return None
+    if time is not None and time <= KEEP_SUMS_MAX_STEPS:
+        return None
+    return SEGMENT_STEPS
+
+
+def _forward_inputs(cfg, params, inputs):
+    """What the compiled forward pass takes: the projected inputs, or the
+    raw ones when it projects them window by window."""
+    return inputs if cfg.segment else _project(cfg, params, inputs)
 
 
 def _recording(tensors):
@@ -753,12 +1021,13 @@ def _run(cfg, params, inputs, keep, initial_states):
         # The forward projection runs outside XLA, as a TensorFlow matmul on
         # every core (measured faster than XLA:CPU's); the backward pass
         # recomputes it rather than keep it.
-        projected = _project(cfg, params_in, inputs)
-        keep_sums = save and _keeps_sums(cfg, params_in, projected)
-        run_cfg = dataclasses.replace(cfg, save=save, keep_sums=keep_sums)
+        keep_sums = save and _keeps_sums(cfg, inputs)
+        run_cfg = dataclasses.replace(
+            cfg, save=save, keep_sums=keep_sums, segment=_segment(cfg, inputs)
+        )
         forward, backward = _compiled(run_cfg)
         outputs, last_output, final_states, traces, saved = forward(
-            params_in, projected, keep, states
+            params_in, _forward_inputs(run_cfg, params_in, inputs), keep, states
         )
         results = [outputs] if cfg.return_sequences else []
         results += [last_output] + final_states + [traces[k] for k in trace_keys]
@@ -773,9 +1042,14 @@ def _run(cfg, params, inputs, keep, initial_states):
             g_traces = dict(zip(trace_keys, upstream[n_states:]))
             entering = saved
             if not save:
-                saving, _ = _compiled(dataclasses.replace(cfg, save=True))
-                projected_again = _project(cfg, params_in, inputs)
-                entering = saving(params_in, projected_again, keep, states)[-1]
+                saving_cfg = dataclasses.replace(run_cfg, save=True)
+                saving, _ = _compiled(saving_cfg)
+                entering = saving(
+                    params_in,
+                    _forward_inputs(saving_cfg, params_in, inputs),
+                    keep,
+                    states,
+                )[-1]
             d_inputs, d_states, d_leaves = backward(
                 params_in,
                 inputs,
