@@ -400,13 +400,13 @@ def test_batch_shards_equal_reference(rng, monkeypatch, core, mode):
     # Three uneven shards (6, 6, 5 rows) whatever the machine's core count:
     # per-example params (a recurrent dropout mask), masks, initial states,
     # traces and go_backwards are split with the batch and put back in order,
-    # in every mode of the loops (6 steps: a full window and a partial one).
+    # in every mode of the loops (7 steps: a full window and a partial one).
     monkeypatch.setattr(engines._xla, "shard_count", lambda batch=None: 3)
     use_mode(monkeypatch, mode)
     cell = _random_cell(
         rng, core, 4, 2, None, attention=core == "gru", residual=core == "lstm"
     )
-    batch, time = 17, 6
+    batch, time = 17, 7
     width = cell.spec.gates * 4
     projected = tf.constant(rng.standard_normal((batch, time, width)), tf.float32)
     states = [
@@ -510,3 +510,31 @@ def test_layer_by_windows_equals_reference(rng, monkeypatch, core):
         for a, e in zip(grads, g_ref):
             _assert_close(a, e)
     assert {"_forward_windows", "_backward_windows"} <= set(traced)
+
+
+@pytest.mark.parametrize("mode", ["kept", "windows"])
+def test_weight_gradients_without_input_gradient(rng, monkeypatch, mode):
+    # A tape that does not watch the inputs (a model's own inputs in
+    # training): the backward pass skips the inputs' gradient, and the
+    # weights' gradients still equal the reference engine's.
+    use_mode(monkeypatch, mode)
+    xla = engines._xla
+    wanted = []
+    original = xla._projection_vjp
+    monkeypatch.setattr(
+        xla,
+        "_projection_vjp",
+        lambda cfg, *a: wanted.append(cfg.input_gradient) or original(cfg, *a),
+    )
+    xla._compiled.cache_clear()
+    x = tf.constant(rng.standard_normal((4, 9, 3)), tf.float32)
+    ref, fused = _layer_pair(rng, x, core="gru", feedback_units=2)
+    grads = []
+    for layer in (ref, fused):
+        with tf.GradientTape() as tape:
+            y = layer(x)
+            loss = tf.reduce_sum(y * tf.cos(y))
+        grads.append(tape.gradient(loss, layer.trainable_weights))
+    for a, e in zip(grads[1], grads[0]):
+        _assert_close(a, e)
+    assert wanted and not any(wanted)

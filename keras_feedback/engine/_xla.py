@@ -79,6 +79,9 @@ class _Config:
     # Run (and differentiate) the loop by windows of this many steps; see
     # ``SEGMENT_STEPS``.
     segment: Optional[int] = None
+    # Whether the backward pass computes the inputs' gradient (not when no
+    # tape records the inputs, e.g. a model's own inputs in training).
+    input_gradient: bool = True
 
 
 def _start(t, rank, axis=0):
@@ -604,7 +607,7 @@ def _gradients(cfg, params, inputs, saved, d_summed, d_projected, d_products):
     for i, input_fn, _, additive in _deferred(cfg, params):
         d_product = d_projected if additive else next(d_products)
         d_sums[i] = _sequence_matmul(input_fn(params, saved), d_product)
-    d_inputs = d_projected
+    d_inputs = d_projected if cfg.input_gradient else None
     if cfg.project is not None:
         d_inputs, d_projection = _projection_vjp(cfg, params, inputs, d_projected)
         for i, d in zip(_floating(leaves), d_projection):
@@ -767,7 +770,9 @@ def _backward_windows(cfg, params, inputs, keep, states, saved, grads):
             window_cfg, params, x, window_states, carry[3], d_projected, d_products
         )
         totals = [a + d for a, d in zip(totals, d_sums)]
-        return j - 1, carry, totals, _write_window(d_inputs, begin, d_x)
+        if cfg.input_gradient:
+            d_inputs = _write_window(d_inputs, begin, d_x)
+        return j - 1, carry, totals, d_inputs
 
     carry = (
         list(g_states),
@@ -776,12 +781,15 @@ def _backward_windows(cfg, params, inputs, keep, states, saved, grads):
         _accumulators(leaves, _summed(window_cfg, params)),
     )
     totals = [tf.zeros_like(leaf, _sum_dtype(leaf.dtype)) for leaf in leaves]
-    d_inputs = tf.zeros_like(inputs)
+    d_inputs = tf.zeros_like(inputs) if cfg.input_gradient else tf.zeros([])
     loop_vars = (count - 1, carry, totals, d_inputs)
     _, carry, totals, d_inputs = _while(lambda j, *_: j >= 0, body, loop_vars)
-    d_inputs = d_inputs[:, :num_steps]
-    if cfg.go_backwards:
-        d_inputs = tf.reverse(d_inputs, [1])
+    if not cfg.input_gradient:
+        d_inputs = None
+    else:
+        d_inputs = d_inputs[:, :num_steps]
+        if cfg.go_backwards:
+            d_inputs = tf.reverse(d_inputs, [1])
     return d_inputs, list(carry[0]), _leaf_gradients(leaves, totals)
 
 
@@ -795,23 +803,25 @@ def _sequence_matmul(a, b):
 
 
 def _projection_vjp(cfg, params, inputs, d_projected):
-    """Gradients of ``cfg.project``'s inputs and floating params."""
+    """Gradients of ``cfg.project``'s inputs (None without
+    ``cfg.input_gradient``) and floating params."""
     leaves = tf.nest.flatten(params)
     floating = _floating(leaves)
     leaves = [
         tf.identity(leaf) if i in floating else leaf for i, leaf in enumerate(leaves)
     ]
     inputs = tf.identity(inputs)
-    sources = [inputs, [leaves[i] for i in floating]]
+    sources = [inputs if cfg.input_gradient else [], [leaves[i] for i in floating]]
     with tf.GradientTape(watch_accessed_variables=False) as tape:
         tape.watch(tf.nest.flatten(sources))
         projected = cfg.project(tf.nest.pack_sequence_as(params, leaves), inputs)
-    return tape.gradient(
+    d_inputs, d_leaves = tape.gradient(
         projected,
         sources,
         output_gradients=d_projected,
         unconnected_gradients=tf.UnconnectedGradients.ZERO,
     )
+    return (d_inputs if cfg.input_gradient else None), d_leaves
 
 
 @functools.lru_cache(maxsize=None)
@@ -960,14 +970,22 @@ def _keeps_sums(cfg, inputs):
 
 
 def _segment(cfg, inputs):
-    """The window length of a loop run by windows (``SEGMENT_STEPS``), or
-    None: time axes longer than ``KEEP_SUMS_MAX_STEPS`` or dynamic, with
-    deferred linears, not unrolled."""
+    """The window length of a loop run by windows (about
+    ``SEGMENT_STEPS``), or None: time axes longer than
+    ``KEEP_SUMS_MAX_STEPS`` or dynamic, with deferred linears, not
+    unrolled."""
     time = inputs.shape[1]
     if not getattr(cfg.step_fn, "deferred", ()) or cfg.steps is not None:
         return None
-    if time is not None and time <= KEEP_SUMS_MAX_STEPS:
+    if time is None:
+        return SEGMENT_STEPS
+    if time <= KEEP_SUMS_MAX_STEPS:
         return None
+    # A window length that divides the time axis, if one is close: the
+    # sequences then need no padded copy.
+    for size in range(SEGMENT_STEPS, SEGMENT_STEPS // 2, -1):
+        if time % size == 0:
+            return size
     return SEGMENT_STEPS
 
 
@@ -1000,6 +1018,11 @@ def _run(cfg, params, inputs, keep, initial_states):
     args = [inputs] + ([keep] if masked else []) + list(initial_states)
     args += [leaves[i] for i in floating]
     save = _recording([a for a in args if a.dtype.is_floating])
+    # Unknown (nothing recorded: a gradient may still be asked) counts as
+    # wanted.
+    cfg = dataclasses.replace(
+        cfg, input_gradient=not save or _recording([inputs])
+    )
 
     def unpack(args):
         args = list(args)
