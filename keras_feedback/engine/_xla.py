@@ -23,6 +23,9 @@ the loop runs and how it is differentiated:
   ``(in, B*T) x (B*T, G)`` matmul of the saved states and the input
   gradient, as do the projection's weights and inputs (its VJP). It is
   generic over ``step_fn``: no cell has a hand-written backward pass.
+  Short static time axes keep each step's input plus products instead
+  (``KEEP_SUMS_MAX_STEPS``); long or dynamic ones run both passes by windows
+  (``SEGMENT_STEPS``), keeping only the states entering each window.
 - on CPU the batch is split into ``shard_count`` parts, each its own pair of
   compiled calls, which TensorFlow's executor runs side by side on the
   cores: XLA:CPU runs one loop on one core.
@@ -645,7 +648,7 @@ def _write_window(buffer, begin, value):
 
 
 def _windows(cfg, inputs):
-    """``(window count, padded length)`` of ``inputs``' time axis."""
+    """``(steps, window count, padded length)`` of ``inputs``' time axis."""
     num_steps = tf.shape(inputs)[1]
     count = (num_steps + cfg.segment - 1) // cfg.segment
     return num_steps, count, count * cfg.segment
@@ -671,9 +674,9 @@ def _forward_windows(cfg, params, inputs, keep, states):
         trace_sizes.values()
     )
     buffers = [tf.zeros([batch, length, n], dtype) for n in sizes]
-    checkpoints = [
-        tf.zeros([batch, count, tf.shape(s)[-1]], s.dtype) for s in states
-    ] if cfg.save else []
+    checkpoints = []
+    if cfg.save:
+        checkpoints = [tf.zeros([batch, count, tf.shape(s)[-1]], s.dtype) for s in states]
     start = (
         tf.zeros([batch, cfg.output_size], dtype),
         {k: tf.zeros([batch, n], dtype) for k, n in trace_sizes.items()},
@@ -1020,9 +1023,7 @@ def _run(cfg, params, inputs, keep, initial_states):
     save = _recording([a for a in args if a.dtype.is_floating])
     # Unknown (nothing recorded: a gradient may still be asked) counts as
     # wanted.
-    cfg = dataclasses.replace(
-        cfg, input_gradient=not save or _recording([inputs])
-    )
+    cfg = dataclasses.replace(cfg, input_gradient=not save or _recording([inputs]))
 
     def unpack(args):
         args = list(args)
