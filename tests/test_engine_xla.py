@@ -5,6 +5,7 @@ TensorFlow; the fused engine has its own compiled backward pass. Both run the
 same step function, so outputs and gradients must agree to float32 rounding.
 """
 
+import functools
 import itertools
 
 import hypothesis
@@ -383,15 +384,37 @@ def use_mode(monkeypatch, mode):
     pass keeps step inputs plus products: short static time axes),
     "windows" (by windows of 4 steps: long or dynamic ones) or "recomputed"
     (whole-sequence backward pass recomputing the products: a gradient of a
-    loop that saved nothing)."""
+    loop that saved nothing); "feature-major": kept, with every per-step
+    product of the engine run feature-major (large kernels)."""
     xla = engines._xla
-    monkeypatch.setattr(xla, "KEEP_SUMS_MAX_STEPS", 256 if mode == "kept" else 0)
+    # Functions compiled here, for this test only (the constants below are
+    # read when a function is traced).
+    monkeypatch.setattr(
+        xla, "_compiled", functools.lru_cache(maxsize=None)(xla._compiled.__wrapped__)
+    )
+    kept = mode in ("kept", "feature-major")
+    monkeypatch.setattr(xla, "KEEP_SUMS_MAX_STEPS", 256 if kept else 0)
     monkeypatch.setattr(xla, "SEGMENT_STEPS", 4)
     if mode == "recomputed":
         monkeypatch.setattr(xla, "_segment", lambda cfg, inputs: None)
+    if mode == "feature-major":
+        use_feature_major(monkeypatch)
 
 
-MODES = ["kept", "windows", "recomputed"]
+def use_feature_major(monkeypatch):
+    """Every per-step product of the engine runs feature-major; returns the
+    list that each such product, when traced, appends to."""
+    xla = engines._xla
+    traced = []
+    original = xla._feature_major_matmul
+    monkeypatch.setattr(xla, "FEATURE_MAJOR_MIN_WEIGHTS", 1)
+    monkeypatch.setattr(
+        xla, "_feature_major_matmul", lambda *a: traced.append(1) or original(*a)
+    )
+    return traced
+
+
+MODES = ["kept", "windows", "recomputed", "feature-major"]
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -469,14 +492,16 @@ def test_gradient_of_a_function_traced_without_tape(rng):
         _assert_close(a, e)
 
 
+@pytest.mark.parametrize("feature_major", [False, True], ids=["batch", "feature"])
 @pytest.mark.parametrize("core", CORES)
-def test_layer_by_windows_equals_reference(rng, monkeypatch, core):
+def test_layer_by_windows_equals_reference(rng, monkeypatch, core, feature_major):
     # A Feedback layer (the engine projects its inputs) over 11 steps in
     # windows of 4 (the last one partial), masked, going backwards, with
     # feedback, attention and return_sequences: outputs, input and weight
     # gradients equal the reference engine's, under a fixed and a dynamic
-    # time axis.
+    # time axis, with the per-step products batch- or feature-major.
     use_mode(monkeypatch, "windows")
+    feature_major_products = use_feature_major(monkeypatch) if feature_major else []
     xla = engines._xla
     traced = []
     for name in ("_forward_windows", "_backward_windows"):
@@ -484,7 +509,6 @@ def test_layer_by_windows_equals_reference(rng, monkeypatch, core):
         monkeypatch.setattr(
             xla, name, lambda *a, f=original, n=name: traced.append(n) or f(*a)
         )
-    xla._compiled.cache_clear()
     x = tf.constant(rng.standard_normal((5, 11, 3)), tf.float32)
     mask = tf.constant(rng.random((5, 11)) < 0.8)
     ref, fused = _layer_pair(
@@ -510,6 +534,7 @@ def test_layer_by_windows_equals_reference(rng, monkeypatch, core):
         for a, e in zip(grads, g_ref):
             _assert_close(a, e)
     assert {"_forward_windows", "_backward_windows"} <= set(traced)
+    assert bool(feature_major_products) == feature_major
 
 
 @pytest.mark.parametrize("mode", ["kept", "windows"])
@@ -526,7 +551,6 @@ def test_weight_gradients_without_input_gradient(rng, monkeypatch, mode):
         "_projection_vjp",
         lambda cfg, *a: wanted.append(cfg.input_gradient) or original(cfg, *a),
     )
-    xla._compiled.cache_clear()
     x = tf.constant(rng.standard_normal((4, 9, 3)), tf.float32)
     ref, fused = _layer_pair(rng, x, core="gru", feedback_units=2)
     grads = []
