@@ -426,17 +426,44 @@ def _deferred(cfg, params):
     return found
 
 
-@tf.custom_gradient
-def _linked_product(x, value, kernel):
-    """``value`` (the kept ``x @ kernel``, or zeros when the step's input
-    already holds it) with the gradient of ``x @ kernel`` for ``x``; the
-    upstream gradient itself for ``value``."""
+def _backward_matrices(cfg, params):
+    """For each deferred linear (by leaf index), the matrix the backward
+    pass multiplies a product's gradient with, made once before its loop:
+    the kernel itself for a feature-major product, else its transpose, kept
+    from being folded back into the product (``(B, G) x (G, in)`` runs
+    faster than ``(B, G) x (in, G)^T``: 1.28 -> 0.96 ms for 100 steps of
+    a 128 x 128 kernel at B=32)."""
+    if not cfg.keep_sums:
+        return {}
+    leaves = tf.nest.flatten(params)
+    return {
+        i: leaves[i] if _feature_major(leaves[i]) else _barrier(tf.transpose(leaves[i]))
+        for i, *_ in _deferred(cfg, params)
+    }
 
+
+def _linked_product(x, value, matrix):
+    """``value`` (the kept ``x @ kernel``, or zeros when the step's input
+    already holds it) with the gradient of ``x @ kernel`` for ``x`` (made
+    with ``matrix``, from ``_backward_matrices``); the upstream gradient
+    itself for ``value``."""
+    if _feature_major(matrix):
+        return _linked_feature_major(x, value, matrix)
+    return _linked_batch_major(x, value, matrix)
+
+
+@tf.custom_gradient
+def _linked_batch_major(x, value, kernel_t):
     def grad(upstream):
-        if _feature_major(kernel):
-            d_x = _feature_major_matmul(kernel, upstream)
-        else:
-            d_x = tf.matmul(upstream, kernel, transpose_b=True)
+        return tf.matmul(upstream, kernel_t), upstream, tf.zeros_like(kernel_t)
+
+    return tf.identity(value), grad
+
+
+@tf.custom_gradient
+def _linked_feature_major(x, value, kernel):
+    def grad(upstream):
+        d_x = _feature_major_matmul(kernel, upstream)
         return d_x, upstream, tf.zeros_like(kernel)
 
     return tf.identity(value), grad
@@ -459,12 +486,13 @@ def _summed(cfg, params):
     return [i for i in _floating(tf.nest.flatten(params)) if i not in deferred]
 
 
-def _vjp(cfg, params, x, states, kept_products, cotangents):
+def _vjp(cfg, params, x, states, kept_products, cotangents, matrices):
     """Recomputes one step and pulls ``cotangents`` back to its arguments.
 
     ``cotangents`` is ``(d_output, d_new_states, d_traces)`` (``d_traces``
     aligned with ``cfg.traces``); ``kept_products`` the forward's products
-    of the non-additive deferred linears (with ``keep_sums``). Returns
+    of the non-additive deferred linears (with ``keep_sums``), ``matrices``
+    their ``_backward_matrices``. Returns
     ``(d_x, d_states, d_params, d_kept_products)``; ``d_params`` is a list
     over ``_summed`` (the deferred kernels enter the step as constants:
     their gradients come after the loop).
@@ -492,7 +520,7 @@ def _vjp(cfg, params, x, states, kept_products, cotangents):
             for i, input_fn, name, additive in _deferred(cfg, params):
                 value = tf.zeros_like(x) if additive else next(kept)
                 products[name] = _linked_product(
-                    input_fn(params_in, states), value, leaves[i]
+                    input_fn(params_in, states), value, matrices[i]
                 )
             output, new_states, trace = cfg.step_fn(params_in, x, states, products)
         else:
@@ -581,6 +609,7 @@ def _reverse(
     if num_steps is None:
         num_steps = tf.shape(projected)[1] if cfg.steps is None else cfg.steps
     trace_keys = [k for k, _ in cfg.traces]
+    matrices = _backward_matrices(cfg, params)
 
     def read(k, buffers):
         t = num_steps - 1 - k
@@ -618,6 +647,7 @@ def _reverse(
             current["entering"],
             current["products"],
             cotangents,
+            matrices,
         )
         d_entering = [d + p for d, p in zip(d_entering, past[1 : 1 + n_states])]
         accumulators = [a + tf.cast(d, a.dtype) for a, d in zip(accumulators, d_params)]
