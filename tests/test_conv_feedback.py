@@ -458,6 +458,18 @@ def test_export_saved_model_and_litert(rng, tmp_path, engine):
     assert report["max_abs_error"] < 1e-5
 
 
+def test_export_traces_with_the_reference_engine():
+    from keras_feedback.export import _common
+
+    layer = ConvFeedback2D(2, 3, padding="same", feedback_filters=1, engine="xla")
+    model = keras.Sequential([keras.Input((None, 6, 6, 1)), layer])
+    with _common.export_mode(model):
+        assert layer.engine == "reference"
+    assert layer.engine == "xla"
+    with _common.export_mode(model, engine=False):
+        assert layer.engine == "xla"
+
+
 # --- bad input ---------------------------------------------------------------
 
 

@@ -8,12 +8,14 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from keras_feedback.layers._conv_feedback import ConvFeedback2D
 from keras_feedback.layers._feedback import Feedback
 from keras_feedback.layers._feedback_loop import nested_layers
 
 # The engine every exported graph is traced with: a plain ``tf.while_loop``
 # that TF Serving runs as is and that converts to LiteRT's builtin WHILE.
 EXPORT_ENGINE = "reference"
+ENGINE_LAYERS = (Feedback, ConvFeedback2D)
 
 
 def check_model(model):
@@ -103,22 +105,30 @@ def _initial_state_fn(layer, values):
 
 @contextlib.contextmanager
 def export_mode(model, engine=True):
-    """Traces every ``Feedback`` layer of ``model`` for export.
+    """Traces every recurrent layer of ``model`` for export.
 
-    Inside the block the layers use the reference engine and are stateless:
+    Inside the block the layers (``ENGINE_LAYERS``) use the reference engine
+    and the ``Feedback`` layers are stateless:
     an exported graph is a pure function (TF Serving's contract, and the
     client holds the state of a stream), so a stateful layer never assigns
     its variables; it starts from a snapshot of its current states
     (``start_states``) where Keras would read them. ``engine=False`` keeps
     each layer's own engine (to compare with).
     """
-    layers = [layer for layer in nested_layers(model) if isinstance(layer, Feedback)]
-    saved = [(layer.engine, layer.stateful) for layer in layers]
+    found = list(nested_layers(model))
+    layers = [layer for layer in found if isinstance(layer, Feedback)]
+    # Every layer that runs an engine: a graph of the fused engine's
+    # compiled loops converts to LiteRT without an error but reads memory
+    # it never wrote (outputs of 1e12 measured for a ConvFeedback2D).
+    engine_layers = [layer for layer in found if isinstance(layer, ENGINE_LAYERS)]
+    engines = [layer.engine for layer in engine_layers]
+    saved = [layer.stateful for layer in layers]
     try:
+        if engine:
+            for layer in engine_layers:
+                layer.engine = EXPORT_ENGINE
         for layer in layers:
             start = start_states(layer)
-            if engine:
-                layer.engine = EXPORT_ENGINE
             layer.stateful = False
             if start is not None:
                 # A stateless layer asks its cell for the states it starts
@@ -128,8 +138,9 @@ def export_mode(model, engine=True):
                 )
         yield
     finally:
-        for layer, (engine, stateful) in zip(layers, saved):
-            layer.engine = engine
+        for layer, name in zip(engine_layers, engines):
+            layer.engine = name
+        for layer, stateful in zip(layers, saved):
             layer.stateful = stateful
             if "get_initial_state" in vars(layer.cell):
                 object.__delattr__(layer.cell, "get_initial_state")
