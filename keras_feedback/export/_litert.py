@@ -13,7 +13,6 @@ from keras_feedback._api import public
 from keras_feedback.export import _common
 from keras_feedback.export import _saved_model
 from keras_feedback.export import _trace
-from keras_feedback.layers._feedback import Feedback
 
 QUANTIZATIONS = ("float16", "dynamic_range", "int8")
 SEQUENCE_SIGNATURE = _saved_model.SERVING_DEFAULT
@@ -104,7 +103,7 @@ def _conversion_error(error, model):
             if layer is not None:
                 break
         where = _trace.describe(layer) if layer is not None else locations[0]
-        ours = ours or isinstance(layer, Feedback)
+        ours = ours or isinstance(layer, _common.ENGINE_LAYERS)
         problems.setdefault(op.removeprefix("tf."), where)
     if problems:
         found = ", ".join(f"{op} (from {where})" for op, where in problems.items())
