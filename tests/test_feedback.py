@@ -404,7 +404,7 @@ def test_bad_initial_state(rng):
     with pytest.raises(ValueError, match="must hold 3 tensors of sizes \\[4, 4, 2\\].*got 2"):
         layer(x, initial_state=[np.zeros((3, 4), "float32")] * 2)
     bad = [np.zeros((3, 4), "float32"), np.zeros((3, 4), "float32"), np.zeros((3, 5), "float32")]
-    with pytest.raises(ValueError, match="`initial_state`\\[2\\] must have shape \\(3, 2\\), got \\(3, 5\\)"):
+    with pytest.raises(ValueError, match="`initial_state`\\[2\\] \\(c\\) must have shape \\(3, 2\\), got \\(3, 5\\)"):
         layer(x, initial_state=bad)
 
 
@@ -417,5 +417,5 @@ def test_stateful_needs_fixed_batch():
 def test_reset_state_checks_shapes(rng):
     layer = Feedback(4, core="gru", stateful=True)
     layer(_inputs(rng))
-    with pytest.raises(ValueError, match="`states`\\[0\\] must have shape \\(3, 4\\), got \\(2, 4\\)"):
+    with pytest.raises(ValueError, match="`states`\\[0\\] \\(h\\) must have shape \\(3, 4\\), got \\(2, 4\\)"):
         layer.reset_state([np.zeros((2, 4), "float32"), np.zeros((2, 4), "float32")])

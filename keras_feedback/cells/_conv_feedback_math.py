@@ -32,6 +32,7 @@ from typing import Tuple
 import tensorflow as tf
 
 from keras_feedback.cells import _feedback_math
+from keras_feedback.engine._contract import Recurrence
 
 PADDINGS = ("valid", "same")
 
@@ -149,16 +150,17 @@ def to_flat(maps):
 
 
 @functools.lru_cache(maxsize=None)
-def make_step_fn(spec):
-    """The engine's step function for ``spec``, on flattened maps.
+def make_recurrence(spec):
+    """The ``Recurrence`` an engine runs for ``spec``, on flattened maps.
 
-    ``params`` is ``{"weights": ..., "recurrent_mask": ...}`` (the mask, a
-    ``(B, h, w, F)`` map, only when recurrent dropout is active). Cached, so
-    an engine sees one function per spec.
+    The engine's params are ``{"weights": ..., "recurrent_mask": ...}`` (the
+    mask, a ``(B, h, w, F)`` map, only when recurrent dropout is active); its
+    inputs are ``project_inputs`` of the sequences, flattened. Cached, so an
+    engine sees one recurrence per spec.
     """
     gate_channels = spec.cell.gates * spec.cell.units
 
-    def step_fn(params, projected, states):
+    def step_fn(params, projected, states, products=None):
         states = [to_maps(spec, s, n) for s, n in zip(states, spec.state_channels)]
         output, new_states, trace = step(
             spec,
@@ -183,4 +185,9 @@ def make_step_fn(spec):
             {k: once(v) for k, v in trace.items()},
         )
 
-    return step_fn
+    return Recurrence(
+        step=step_fn,
+        output_size=spec.output_size,
+        state_sizes=tuple(spec.state_size),
+        trace_sizes=tuple(spec.trace_sizes.items()),
+    )

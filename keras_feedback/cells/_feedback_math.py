@@ -33,6 +33,8 @@ from typing import Optional
 import tensorflow as tf
 
 from keras_feedback.activations._learnable import PureActivation
+from keras_feedback.engine._contract import Deferred
+from keras_feedback.engine._contract import Recurrence
 
 CORES = ("simple", "gru", "lstm")
 GATES = {"simple": 1, "gru": 3, "lstm": 4}
@@ -125,8 +127,9 @@ def linear(x, kernel):
 
 
 def _layer_norm(spec, params, x):
+    # Half precision normalises in float32; float32 and float64 in their own.
     dtype = x.dtype
-    x32 = tf.cast(x, tf.float32)
+    x32 = tf.cast(x, tf.float32) if dtype in (tf.float16, tf.bfloat16) else x
     mean, variance = tf.nn.moments(x32, axes=[-1], keepdims=True)
     normed = (x32 - mean) * tf.math.rsqrt(variance + LAYER_NORM_EPSILON)
     normed = tf.cast(normed, dtype)
@@ -226,15 +229,31 @@ def step(spec, params, projected, states, recurrent_mask=None, products=None):
         h = _layer_norm(spec, params, h)
     if spec.residual:
         h = h_prev + h
-    trace = {"h": h}
     new_states = [h] if new_carry is None else [h, new_carry]
-    readout = h
+    c = None
     if spec.feedback_units:
         c = linear(h, params["feedback_kernel"])
         if spec.use_bias:
             c = c + params["feedback_bias"]
         c = spec.feedback_activation(c)
         new_states.append(c)
+    output, trace = _readout(spec, params, h, c)
+    return output, new_states, trace
+
+
+def readout(spec, params, states):
+    """The output ``y`` that the states ``(h, [carry], [c])`` a step returned
+    give: a step's output is a function of its new states alone."""
+    spec = bind_activations(spec, params)
+    h, _, c = _split_states(spec, states)
+    return _readout(spec, params, h, c)[0]
+
+
+def _readout(spec, params, h, c):
+    """``(y, trace)`` of the new ``h`` and feedback ``c`` (None without)."""
+    trace = {"h": h}
+    readout = h
+    if c is not None:
         trace["c"] = c
         readout = tf.concat([h, c], axis=-1)
     output = h
@@ -245,57 +264,58 @@ def step(spec, params, projected, states, recurrent_mask=None, products=None):
         alpha = tf.sigmoid(alpha)
         trace["alpha"] = alpha
         output = alpha * h
-        readout = output if not spec.feedback_units else tf.concat(
-            [output, trace["c"]], axis=-1
-        )
+        readout = output if c is None else tf.concat([output, c], axis=-1)
     if spec.output_units:
         output = linear(readout, params["output_kernel"])
         if spec.use_bias:
             output = output + params["output_bias"]
         output = spec.output_activation(output)
-    return output, new_states, trace
+    return output, trace
 
 
 @functools.lru_cache(maxsize=None)
-def make_step_fn(spec, add_input_bias=False):
-    """The engine's step function for ``spec``.
+def make_recurrence(spec, project=True):
+    """The ``Recurrence`` an engine runs for ``spec`` (cached per spec).
 
-    ``params`` is ``{"weights": ..., "recurrent_mask": ...}`` (the mask only
-    when recurrent dropout is active). ``add_input_bias``: the step adds the
-    input projection's bias, for inputs from ``make_project_fn``. Cached, so
-    that an engine that traces or compiles per step function sees the same
-    function for the same spec.
+    The engine's params are ``{"weights": ..., "recurrent_mask": ...}`` (the
+    mask only when recurrent dropout is active). ``project=True``: the
+    engine's inputs are the sequences, projected by one matmul without the
+    bias, which the step adds (a bias added to the whole ``(B, T, G)``
+    projection would be a second tensor of that size in the compiled
+    backward pass); ``project=False``: the inputs are already projected,
+    bias included (``project_inputs``).
     """
 
     def step_fn(params, projected, states, products=None):
         weights = params["weights"]
-        if add_input_bias and spec.use_bias:
+        if project and spec.use_bias:
             projected = projected + input_bias(spec, weights)
         return step(
             spec, weights, projected, states, params.get("recurrent_mask"), products
         )
 
-    step_fn.deferred = _deferred_linears(spec)
-    return step_fn
+    def project_fn(params, sequences):
+        return project_inputs(spec, params["weights"], sequences, bias=False)
+
+    return Recurrence(
+        step=step_fn,
+        output_size=spec.output_size,
+        state_sizes=tuple(spec.state_size),
+        trace_sizes=tuple(spec.trace_sizes.items()),
+        project=project_fn if project else None,
+        deferred=_deferred_linears(spec),
+    )
 
 
 def _deferred_linears(spec):
-    """The step's linears of the previous states, for the engine.
-
-    ``((path in params, input_fn, additive), ...)`` for the engine (see
-    ``keras_feedback.engine._xla``): ``U h_{t-1}`` and, with feedback,
-    ``U_c c_{t-1}``. ``additive``: the step adds the product to its input
-    (not GRU's ``U h_{t-1}``, whose candidate share the reset gate
-    multiplies). ``input_fn(params, states)`` also takes whole
-    ``(B, T, s)`` state sequences. ``step_fn(..., products)`` takes their
-    products by the last name of the path.
-    """
+    """The step's linears of the previous states, which an engine may compute:
+    ``U h_{t-1}`` and, with feedback, ``U_c c_{t-1}`` (see ``Deferred``)."""
     deferred = [
-        (("weights", "recurrent_kernel"), _recurrent_input, spec.core != "gru")
+        Deferred(("weights", "recurrent_kernel"), _recurrent_input, spec.core != "gru")
     ]
     if spec.feedback_units:
         deferred.append(
-            (("weights", "feedback_recurrent_kernel"), _feedback_input, True)
+            Deferred(("weights", "feedback_recurrent_kernel"), _feedback_input, True)
         )
     return tuple(deferred)
 
@@ -310,19 +330,3 @@ def _recurrent_input(params, states):
 
 def _feedback_input(params, states):
     return states[-1]
-
-
-@functools.lru_cache(maxsize=None)
-def make_project_fn(spec):
-    """The engine's projection for ``spec``: ``project(params, sequences)``.
-
-    One matmul without the bias, which ``make_step_fn(spec, True)`` adds
-    inside the step: a bias added to the whole ``(B, T, G)`` projection
-    would be a second tensor of that size in the compiled backward pass.
-    ``params`` as for ``make_step_fn``. Cached for the same reason.
-    """
-
-    def project_fn(params, sequences):
-        return project_inputs(spec, params["weights"], sequences, bias=False)
-
-    return project_fn

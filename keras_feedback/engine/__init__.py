@@ -1,7 +1,8 @@
 """The recurrence engines: they own time and know nothing about any cell.
 
-Internal. A layer picks one by name with ``get``; every engine has the
-signature of ``keras_feedback.engine._reference.run``.
+Internal. A cell describes its step as a ``Recurrence`` (``_contract``); a
+layer runs it with ``run(name, recurrence, params, inputs, states, ...)``;
+every engine has the signature of ``keras_feedback.engine._reference.run``.
 
 - ``"xla"``: the fused engine (``_xla.run``): XLA-compiled forward loop and
   an XLA-compiled reverse-time loop as its gradient.
@@ -10,39 +11,87 @@ signature of ``keras_feedback.engine._reference.run``.
 - ``"auto"``: ``"xla"``, except with ``unroll=True``, where it is
   ``"reference"``: an unrolled loop is asked for to get a loop-free graph
   (e.g. for export), and compiling an unrolled loop with XLA costs compile
-  time that grows with the sequence length. ``run`` of ``"auto"`` decides
-  per call, so layers need not know.
+  time that grows with the sequence length.
+
+``scope(name)`` makes every layer called inside the block run engine
+``name``, whatever its own ``engine`` argument: export traces with
+``scope("reference")`` and mutates no layer.
 
 ``pad_time`` pads time to a bucket (with a mask) so that XLA compiles once
 per bucket rather than once per sequence length. See ``docs/engine.md``.
 """
 
+import contextlib
+import contextvars
+
 from keras_feedback.engine import _reference
 from keras_feedback.engine import _xla
 from keras_feedback.engine._buckets import pad_time
+from keras_feedback.engine._contract import Deferred
+from keras_feedback.engine._contract import Recurrence
 
-__all__ = ["ENGINES", "ENGINE_NAMES", "get", "pad_time", "resolve"]
+__all__ = [
+    "ENGINES",
+    "ENGINE_NAMES",
+    "Deferred",
+    "Recurrence",
+    "check_name",
+    "get",
+    "pad_time",
+    "resolve",
+    "run",
+    "scope",
+    "scoped",
+]
+
+ENGINES = {"xla": _xla.run, "reference": _reference.run}
+ENGINE_NAMES = ("auto",) + tuple(ENGINES)
+
+_SCOPED = contextvars.ContextVar("keras_feedback_engine", default=None)
+
+
+def check_name(name, argument="engine"):
+    """``name`` if it names an engine, else a ``ValueError`` naming it."""
+    if name not in ENGINE_NAMES:
+        raise ValueError(
+            f"Argument `{argument}` must be one of {ENGINE_NAMES}, got {name!r}"
+        )
+    return name
+
+
+@contextlib.contextmanager
+def scope(name):
+    """Every layer called in the block runs engine ``name`` (not its own)."""
+    token = _SCOPED.set(check_name(name))
+    try:
+        yield
+    finally:
+        _SCOPED.reset(token)
+
+
+def scoped():
+    """The engine name a ``scope`` imposes, or None outside any."""
+    return _SCOPED.get()
 
 
 def resolve(name, unroll=False):
-    """The engine name ``"auto"`` stands for (``"reference"`` when unrolled)."""
+    """The engine ``name`` stands for here: the scoped one if any, and
+    ``"auto"`` as ``"reference"`` when unrolled, else ``"xla"``."""
+    name = _SCOPED.get() or name
     if name != "auto":
         return name
     return "reference" if unroll else "xla"
 
 
-def _auto(*args, unroll=False, **kwargs):
-    return ENGINES[resolve("auto", unroll)](*args, unroll=unroll, **kwargs)
-
-
-ENGINES = {"xla": _xla.run, "reference": _reference.run}
-ENGINE_NAMES = ("auto",) + tuple(ENGINES)
-
-
-def get(name):
-    """The run function of engine ``name`` (``"auto"`` picks per call)."""
-    if name == "auto":
-        return _auto
-    if name not in ENGINES:
+def get(name, unroll=False):
+    """The run function of engine ``name`` (see ``resolve``)."""
+    if name not in ENGINE_NAMES:
         raise ValueError(f"Unknown engine {name!r}. Expected one of {ENGINE_NAMES}.")
-    return ENGINES[name]
+    return ENGINES[resolve(name, unroll)]
+
+
+def run(name, recurrence, params, inputs, initial_states, **options):
+    """Runs ``recurrence`` with engine ``name`` (see ``resolve``)."""
+    return get(name, options.get("unroll", False))(
+        recurrence, params, inputs, initial_states, **options
+    )

@@ -9,59 +9,56 @@ simple on purpose: it is the oracle for the fused XLA engine.
 
 import tensorflow as tf
 
+from keras_feedback.engine import _masking
+
 
 def _write(buffer, t, value):
     return tf.tensor_scatter_nd_update(buffer, [[t]], value[None])
 
 
-def _keep(keep, new, old):
-    return tf.nest.map_structure(lambda n, o: tf.where(keep, n, o), new, old)
-
-
 def run(
-    step_fn,
+    recurrence,
     params,
     inputs,
     initial_states,
     *,
-    output_size,
     mask=None,
     go_backwards=False,
     return_sequences=True,
     zero_output_for_mask=False,
     unroll=False,
-    trace_sizes=None,
+    return_trace=False,
     per_example=None,
-    project=None,
 ):
-    """Runs ``step_fn`` over the time axis of ``inputs``.
+    """Runs ``recurrence`` over the time axis of ``inputs``.
 
     Args:
-        step_fn: ``step_fn(params, x_t, states) -> (y_t, new_states, trace_t)``
-            where ``trace_t`` is a dict of ``(B, k)`` tensors.
+        recurrence: the cell's ``Recurrence`` (``_contract``).
         params: a structure of tensors passed unchanged to every step.
-        inputs: ``(B, T, G)`` per-step inputs (already projected).
+        inputs: ``(B, T, ...)`` sequences, which ``recurrence.project``
+            projects to the per-step inputs all at once (or, without
+            ``project``, the per-step inputs ``(B, T, G)``).
         initial_states: list of ``(B, s)`` tensors.
-        output_size: size of ``y_t``.
         mask: optional ``(B, T)`` boolean; a masked step keeps the previous
-            states and output (zeros when ``zero_output_for_mask``).
+            states and output (zeros when ``zero_output_for_mask``), see
+            ``_masking``.
         go_backwards: process time in reverse; outputs are returned in the
             order they were computed, as Keras does.
         return_sequences: keep every step's output, or only the last.
         unroll: a Python loop over a static time axis instead of a while loop.
-        trace_sizes: dict name -> size of the per-step trace to record.
+        return_trace: record ``recurrence.trace_sizes`` at every step.
         per_example: accepted for the engines' common signature (see the
             fused engine); this engine always runs one loop.
-        project: optional ``project(params, inputs)``: ``inputs`` are then
-            the sequences it projects to the per-step inputs, all at once.
 
     Returns:
         ``(outputs, last_output, final_states, traces)``: ``outputs`` is
         ``(B, T, output_size)`` or None, ``traces`` a dict of ``(B, T, k)``.
     """
-    trace_sizes = dict(trace_sizes or {})
-    if project is not None:
-        inputs = project(params, inputs)
+    trace_sizes = recurrence.traces(return_trace)
+    output_size = recurrence.output_size
+    step_fn = recurrence.step
+    if recurrence.project is not None:
+        inputs = recurrence.project(params, inputs)
     dtype = inputs.dtype
     steps = tf.transpose(inputs, [1, 0, 2])
     keep_steps = None
@@ -91,10 +88,9 @@ def run(
         trace = {k: trace[k] for k in trace_sizes}
         if keep_steps is not None:
             keep = keep_steps[t]
-            new_states = _keep(keep, list(new_states), states)
-            held = tf.zeros_like(output) if zero_output_for_mask else last_output
-            output = tf.where(keep, output, held)
-            trace = _keep(keep, trace, last_trace)
+            new_states = _masking.keep(keep, list(new_states), states)
+            output = _masking.output(keep, output, last_output, zero_output_for_mask)
+            trace = _masking.keep(keep, trace, last_trace)
         if return_sequences:
             outputs = _write(outputs, t, output)
         traces = {k: _write(traces[k], t, trace[k]) for k in traces}

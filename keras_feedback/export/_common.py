@@ -8,14 +8,14 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_feedback.layers._conv_feedback import ConvFeedback2D
-from keras_feedback.layers._feedback import Feedback
+from keras_feedback import engine as engines
 from keras_feedback.layers._feedback_loop import nested_layers
+from keras_feedback.layers._recurrent import FeedbackRNN
+from keras_feedback.layers._recurrent import pure_calls
 
 # The engine every exported graph is traced with: a plain ``tf.while_loop``
 # that TF Serving runs as is and that converts to LiteRT's builtin WHILE.
 EXPORT_ENGINE = "reference"
-ENGINE_LAYERS = (Feedback, ConvFeedback2D)
 
 
 def check_model(model):
@@ -53,97 +53,24 @@ def check_target(path, overwrite, argument):
         )
 
 
-def start_states(layer):
-    """The states an exported ``Feedback`` layer starts from; None for zeros.
-
-    A stateful layer starts from its current states (set by ``reset_state``
-    or left by its last call), as its next call in Keras would: the export
-    holds a snapshot of them, one row per row of the layer's fixed batch.
-    Every other layer, and a stateful one whose states are all zero, starts
-    from zeros, for any batch size.
-
-    Returns:
-        None, or one numpy array ``(rows, size)`` per state (h, carry, c).
-    """
-    variables = layer.states
-    if variables is None:
-        return None
-    with tf.init_scope():  # read the values, also while tracing
-        values = [np.array(variable.numpy()) for variable in variables]
-    if not any(np.any(value) for value in values):
-        return None
-    return values
-
-
-def start_state_for_batch(layer, value, batch):
-    """One of ``start_states(layer)`` for a batch of ``batch`` rows: as it
-    is, or its single row repeated when the layer's batch size is 1."""
-    rows, size = value.shape
-    value = tf.constant(value, layer.cell.compute_dtype)
-    if rows != 1:
-        check = tf.debugging.assert_equal(
-            batch,
-            tf.constant(rows, batch.dtype),
-            message=(
-                f"{type(layer).__name__} {layer.name!r} starts from the states "
-                f"of its stateful batch of {rows} rows: the batch size must be "
-                f"{rows}"
-            ),
-        )
-        with tf.control_dependencies([check]):
-            value = tf.identity(value)
-    return tf.broadcast_to(value, tf.stack([batch, tf.constant(size, batch.dtype)]))
-
-
-def _initial_state_fn(layer, values):
-    def get_initial_state(batch_size=None):
-        batch = tf.convert_to_tensor(batch_size)
-        return [start_state_for_batch(layer, value, batch) for value in values]
-
-    return get_initial_state
-
-
 @contextlib.contextmanager
 def export_mode(model, engine=True):
     """Traces every recurrent layer of ``model`` for export.
 
-    Inside the block the layers (``ENGINE_LAYERS``) use the reference engine
-    and the ``Feedback`` layers are stateless:
-    an exported graph is a pure function (TF Serving's contract, and the
-    client holds the state of a stream), so a stateful layer never assigns
-    its variables; it starts from a snapshot of its current states
-    (``start_states``) where Keras would read them. ``engine=False`` keeps
-    each layer's own engine (to compare with).
+    Inside the block every feedback layer runs the reference engine
+    (``engine.scope``) and its calls are pure (``pure_calls``): an exported
+    graph is a pure function (TF Serving's contract, and the client holds
+    the state of a stream), so a stateful layer never assigns its variables;
+    it starts from a snapshot of its current states where Keras would read
+    them. ``engine=False`` keeps each layer's own engine (to compare with).
+    Mutates no layer: it works for any layer built on ``FeedbackRNN``.
     """
-    found = list(nested_layers(model))
-    layers = [layer for layer in found if isinstance(layer, Feedback)]
-    # Every layer that runs an engine: a graph of the fused engine's
-    # compiled loops converts to LiteRT without an error but reads memory
-    # it never wrote (outputs of 1e12 measured for a ConvFeedback2D).
-    engine_layers = [layer for layer in found if isinstance(layer, ENGINE_LAYERS)]
-    engines = [layer.engine for layer in engine_layers]
-    saved = [layer.stateful for layer in layers]
-    try:
+    del model  # every layer called in the block, whatever model holds it
+    with contextlib.ExitStack() as stack:
         if engine:
-            for layer in engine_layers:
-                layer.engine = EXPORT_ENGINE
-        for layer in layers:
-            start = start_states(layer)
-            layer.stateful = False
-            if start is not None:
-                # A stateless layer asks its cell for the states it starts
-                # from (the Keras cell contract).
-                object.__setattr__(
-                    layer.cell, "get_initial_state", _initial_state_fn(layer, start)
-                )
+            stack.enter_context(engines.scope(EXPORT_ENGINE))
+        stack.enter_context(pure_calls())
         yield
-    finally:
-        for layer, name in zip(engine_layers, engines):
-            layer.engine = name
-        for layer, stateful in zip(layers, saved):
-            layer.stateful = stateful
-            if "get_initial_state" in vars(layer.cell):
-                object.__delattr__(layer.cell, "get_initial_state")
 
 
 def signature_name(name):

@@ -103,7 +103,7 @@ def _conversion_error(error, model):
             if layer is not None:
                 break
         where = _trace.describe(layer) if layer is not None else locations[0]
-        ours = ours or isinstance(layer, _common.ENGINE_LAYERS)
+        ours = ours or isinstance(layer, _common.FeedbackRNN)
         problems.setdefault(op.removeprefix("tf."), where)
     if problems:
         found = ", ".join(f"{op} (from {where})" for op, where in problems.items())

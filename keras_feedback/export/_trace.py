@@ -8,11 +8,11 @@
   (batch, size)}`` -> ``{output name, state name: new state}``;
 - ``initial_state_fn``: ``{"batch_size": ()}`` -> ``{state name: the state
   the model starts from}``: zeros, or a stateful layer's current states
-  (``_common.start_states``).
+  (``FeedbackRNN.snapshot_states``).
 
 The step function walks the model's layer graph (its Keras config, the public
-record of every call): each ``Feedback`` layer advances one step through its
-cell's step math with explicit states; layers that act on every time step
+record of every call): each feedback layer (any ``FeedbackRNN``) advances one step
+through its public ``step`` with explicit states; layers that act on every time step
 independently (``Dense``, ``LayerNormalization`` over features, merges, the
 ``keras.ops`` a ``Masking`` layer records, ...) run on a length-1 sequence;
 every layer after a ``return_sequences=False`` feedback layer runs as usual,
@@ -29,7 +29,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_feedback.export import _common
-from keras_feedback.layers._feedback import Feedback
+from keras_feedback.layers._recurrent import FeedbackRNN
 
 SINGLE_INPUT = "x"
 SINGLE_OUTPUT = "y"
@@ -293,13 +293,14 @@ class ExportPlan:
         states = {}
         for name, spec in self.state_specs.items():
             layer, index = self.state_sources.get(name, (None, None))
-            start = None if layer is None else _common.start_states(layer)
-            if start is None:
-                states[name] = tf.zeros([batch, spec.shape[-1]], spec.dtype)
-            else:
-                states[name] = _common.start_state_for_batch(
-                    layer, start[index], batch
+            if layer is None or layer.state_values() is None:
+                states[name] = tf.zeros(
+                    tf.concat([[batch], spec.shape[1:]], 0), spec.dtype
                 )
+            else:
+                state = layer.snapshot_states(batch)[index]
+                size = layer.cell.spec.state_size[index]
+                states[name] = layer.cell.from_engine(state, size)
         return states
 
     def signature(self, kind):
@@ -393,7 +394,7 @@ class _States:
         self.batch = None
         self.new = {}
 
-    def get(self, name, size, dtype, source=None):
+    def get(self, name, shape, dtype, source=None):
         """The state ``name``; ``source`` is ``(layer, index)`` when it is
         the ``index``-th state of a ``Feedback`` layer."""
         dtype = tf.as_dtype(dtype)
@@ -405,8 +406,9 @@ class _States:
                     f"Argument `model`: two layers would share the step state "
                     f"name {name!r}; rename one of them"
                 )
-            self.specs[name] = tf.TensorSpec([None, size], dtype, name=name)
-            value = tf.zeros([self.batch, size], dtype)
+            shape = tuple(shape)
+            self.specs[name] = tf.TensorSpec((None, *shape), dtype, name=name)
+            value = tf.zeros([self.batch, *shape], dtype)
         else:
             if name not in self.specs:
                 raise ValueError(
@@ -539,7 +541,7 @@ class _StepWalker:
     def call_layer(self, layer, key, args, kwargs):
         values = _values([args, kwargs])
         step = any(v.step for v in values)
-        if isinstance(layer, Feedback):
+        if isinstance(layer, FeedbackRNN):
             return self._feedback(layer, key, args, kwargs)
         if step and isinstance(layer, keras.Model):
             flat = _values(args)
@@ -620,27 +622,23 @@ class _StepWalker:
             )
         mask = kwargs.get("mask")
         mask = mask.tensor if isinstance(mask, _Value) else sequence.mask
-        cell = layer.cell
-        dtype = cell.compute_dtype
-        names = ["h"] + (["carry"] if cell.core == "lstm" else [])
-        names += ["c"] if cell.feedback_units else []
+        dtype = layer.compute_dtype
         old = [
-            self.states.get(f"{key}_{name}", size, dtype, source=(layer, i))
-            for i, (name, size) in enumerate(zip(names, cell.state_size))
+            self.states.get(f"{key}_{name}", shape, dtype, source=(layer, i))
+            for i, (name, shape) in enumerate(
+                zip(layer.state_names, layer.cell.state_shapes)
+            )
         ]
-        x = tf.cast(sequence.tensor[:, 0], dtype)
-        output, new = cell.call(x, old, training=False)
-        new = list(new)
-        if mask is not None:
-            keep = tf.cast(tf.reshape(mask, [-1, 1]), tf.bool)
-            new = [tf.where(keep, n, o) for n, o in zip(new, old)]
-            if layer.zero_output_for_mask:
-                output = tf.where(keep, output, tf.zeros_like(output))
-            else:
-                held = self.states.get(f"{key}_output", cell.output_size, dtype)
-                output = tf.where(keep, output, held)
-                self.states.put(f"{key}_output", output)
-        for name, value in zip(names, new):
+        step_mask = None if mask is None else tf.reshape(mask, [-1])
+        held = None
+        if mask is not None and not layer.zero_output_for_mask:
+            held = self.states.get(f"{key}_output", layer.step_output_shape, dtype)
+        output, new = layer.step(
+            sequence.tensor[:, 0], old, mask=step_mask, previous_output=held
+        )
+        if held is not None:
+            self.states.put(f"{key}_output", output)
+        for name, value in zip(layer.state_names, new):
             self.states.put(f"{key}_{name}", value)
         if layer.return_sequences:
             result = [_Value(output[:, None], True, mask)]

@@ -11,12 +11,14 @@ For a model with a ``keras_feedback.layers.Feedback`` layer and a probe batch
   ``s = [h, (lstm carry), (feedback c)]``, averaged over the batch;
 
 and a verdict from them (``VANISHING_RATIO``, ``EXPLODING_RATIO``). The
-layer's recurrence is re-run step by step with the same step math
-(``keras_feedback.cells``), in processing order, so that every ``h_t`` is a
-tensor the gradient can be taken with respect to (so the cost grows with the
-number of steps: probe with a few hundred at most); the rest of the model
-runs as it is, in inference mode. Masks are not applied: probe with unpadded
-sequences. ``GradientFlow`` is the callback that measures every ``every``
+layer's recurrence is re-run step by step with its public ``step``, in
+processing order, so that every ``h_t`` is a tensor the gradient can be
+taken with respect to (so the cost grows with the number of steps: probe
+with a few hundred at most); the rest of the model runs as it is, in
+inference mode. Masks (from a ``Masking`` layer or ``mask_zero`` embedding
+upstream, or given) are applied as the layer applies them: padded steps are
+reported as masked (NaN per example, left out of the batch figures), and an
+example's figures on its valid steps are those it gives run alone. ``GradientFlow`` is the callback that measures every ``every``
 batches during training, logs to TensorBoard and draws a heat map (time step
 x training step); ``keras-feedback diagnose`` prints the same figures for a
 saved model.
@@ -31,8 +33,8 @@ import numpy as np
 import tensorflow as tf
 
 from keras_feedback._api import public
-from keras_feedback.cells import _feedback_math as math
 from keras_feedback.layers import Feedback
+from keras_feedback.layers._recurrent import FeedbackRNN
 
 # ‖∂L/∂h_first‖ / ‖∂L/∂h_last‖ below this: vanishing; above the other:
 # exploding. Between them the loop passes gradients over the whole sequence.
@@ -51,7 +53,13 @@ class GradientFlowReport:
         ratio: ``gradient_norms[0] / gradient_norms[-1]``.
         rate: the geometric mean factor per step back in time,
             ``ratio ** (1 / (T - 1))``.
-        verdict: ``"vanishing"``, ``"exploding"`` or ``"stable"``.
+        verdict: ``"vanishing"``, ``"exploding"`` or ``"stable"``, from the
+            steps where some example is not padding.
+        example_gradient_norms: ``(batch, T)`` ``‖∂L_i/∂h_t‖`` of each
+            example's own loss ``L_i``, in processing order; NaN at masked
+            (padded) steps.
+        mask: ``(batch, T)`` boolean, in processing order: False where a step
+            is masked (its figures are not gradients that vanished).
     """
 
     gradient_norms: np.ndarray
@@ -59,6 +67,8 @@ class GradientFlowReport:
     ratio: float
     rate: float
     verdict: str
+    example_gradient_norms: object = None
+    mask: object = None
 
     def summary(self):
         """A few lines of text: the figures and the verdict."""
@@ -154,11 +164,17 @@ def _loss_fn(model, loss):
         )
     fn = keras.losses.get(loss)
 
-    def mean_loss(y, y_pred):
-        value = fn(y, y_pred)
-        return tf.reduce_mean(value)
+    def example_losses(y, y_pred):
+        """``(batch,)``: each example's loss (its mean over other axes)."""
+        value = tf.convert_to_tensor(fn(y, y_pred))
+        if value.shape.rank == 0:
+            raise ValueError(
+                f"Argument `loss`: {loss!r} reduces over the batch; gradient flow "
+                "needs a loss of each example"
+            )
+        return tf.reduce_mean(tf.reshape(value, [tf.shape(value)[0], -1]), -1)
 
-    return mean_loss
+    return example_losses
 
 
 def _chain(layers):
@@ -210,66 +226,102 @@ class _Probe:
         self.function = tf.function(self._measure, reduce_retracing=True)
 
     def _states(self, batch):
-        layer, cell = self.layer, self.layer.cell
+        layer = self.layer
         if layer.stateful and layer.states is not None:
-            return [tf.cast(v.value, cell.compute_dtype) for v in layer.states]
-        return cell.get_initial_state(batch)
+            return [
+                layer.cell.from_engine(tf.cast(v.value, layer.compute_dtype), n)
+                for v, n in zip(layer.states, layer.cell.spec.state_size)
+            ]
+        return layer.get_initial_state(batch)
 
-    def _measure(self, x, y, jacobian):
-        layer, cell = self.layer, self.layer.cell
-        spec = cell.spec
-        sequences = tf.convert_to_tensor(self.upstream(x, training=False))
-        sequences = tf.cast(sequences, cell.compute_dtype)
+    def _measure(self, x, y, mask, jacobian):
+        layer = self.layer
+        upstream = self.upstream(x, training=False)
+        if mask is None:
+            mask = getattr(upstream, "_keras_mask", None)
+        sequences = tf.cast(tf.convert_to_tensor(upstream), layer.compute_dtype)
         steps = sequences.shape[1]
         if steps is None:
             raise ValueError(
                 "Gradient flow needs a static number of time steps, got inputs "
                 f"of shape {tuple(sequences.shape)}"
             )
-        states = self._states(tf.shape(sequences)[0])
+        batch = tf.shape(sequences)[0]
+        order = range(steps - 1, -1, -1) if layer.go_backwards else range(steps)
+        if mask is None:
+            keep = tf.ones([batch, steps], tf.bool)
+        else:
+            keep = layer._check_mask(mask, sequences)
+        states = self._states(batch)
         with tf.GradientTape() as tape:
-            params = cell.step_params()
-            projected = math.project_inputs(spec, params, sequences)
-            order = range(steps - 1, -1, -1) if layer.go_backwards else range(steps)
             hidden, entering, outputs = [], [], []
+            output = tf.zeros([batch, *layer.step_output_shape], layer.compute_dtype)
             for t in order:
                 entering.append(states)
-                output, states, _ = math.step(spec, params, projected[:, t], states)
+                output, states = layer.step(
+                    sequences[:, t], states, mask=keep[:, t], previous_output=output
+                )
                 hidden.append(states[0])
                 outputs.append(output)
             result = tf.stack(outputs, 1) if layer.return_sequences else outputs[-1]
             prediction = self.downstream(result, training=False)
-            loss = self.loss(y, prediction)
+            # The sum of the examples' losses: its gradient at an example's
+            # states is that example's own (as if it ran alone).
+            loss = tf.reduce_sum(self.loss(y, prediction))
         grads = tape.gradient(
             loss, hidden, unconnected_gradients=tf.UnconnectedGradients.ZERO
         )
-        norms = tf.stack([tf.norm(g) for g in grads])
+        rows = tf.cast(batch, grads[0].dtype)
+        # (B, T) per-example norms, in processing order.
+        per_example = tf.stack(
+            [tf.norm(tf.reshape(g, [batch, -1]), axis=-1) for g in grads], 1
+        )
+        kept = tf.stack([keep[:, t] for t in order], 1)
+        per_example = tf.where(kept, per_example, tf.constant(np.nan, per_example.dtype))
+        valid = tf.where(kept, per_example, tf.zeros_like(per_example))
+        norms = tf.sqrt(tf.reduce_sum(tf.square(valid), 0)) / rows
+        any_valid = tf.reduce_any(kept, 0)
+        norms = tf.where(any_valid, norms, tf.constant(np.nan, norms.dtype))
         if not jacobian:
-            return loss, norms, tf.zeros([0])
-        rows = [tf.concat(s, -1) for s in entering]
-        flat = tf.concat(rows, 0)  # (T * B, S), step-major
-        inputs = tf.concat([projected[:, t] for t in order], 0)
-        params = tf.nest.map_structure(tf.stop_gradient, cell.step_params())
+            return tf.reduce_mean(loss) / rows, norms, per_example, kept, tf.zeros([0])
+        sizes = [int(np.prod(s.shape[1:])) for s in entering[0]]
+        shapes = [tuple(s.shape[1:]) for s in entering[0]]
+        flat = tf.concat(  # (T * B, S), step-major
+            [tf.concat([tf.reshape(s, [batch, -1]) for s in e], -1) for e in entering],
+            0,
+        )
+        inputs = tf.concat([sequences[:, t] for t in order], 0)
         with tf.GradientTape() as tape:
             tape.watch(flat)
-            parts = tf.split(flat, spec.state_size, axis=-1)
-            _, new_states, _ = math.step(spec, params, inputs, parts)
-            new_flat = tf.concat(new_states, -1)
+            parts = [
+                tf.reshape(p, [-1, *shape])
+                for p, shape in zip(tf.split(flat, sizes, axis=-1), shapes)
+            ]
+            _, new_states = layer.step(inputs, parts)
+            new_flat = tf.concat(
+                [tf.reshape(n, [tf.shape(flat)[0], -1]) for n in new_states], -1
+            )
         jac = tape.batch_jacobian(new_flat, flat)
-        spectral = tf.linalg.svd(jac, compute_uv=False)[:, 0]
-        jac_norms = tf.reduce_mean(tf.reshape(spectral, [steps, -1]), axis=1)
-        return loss, norms, jac_norms
+        spectral = tf.reshape(tf.linalg.svd(jac, compute_uv=False)[:, 0], [steps, -1])
+        weights = tf.cast(tf.transpose(kept), spectral.dtype)
+        jac_norms = tf.reduce_sum(spectral * weights, 1) / tf.reduce_sum(weights, 1)
+        return loss / rows, norms, per_example, kept, jac_norms
 
-    def measure(self, x, y, jacobian=True):
-        loss, norms, jac = self.function(x, y, bool(jacobian))
+    def measure(self, x, y, jacobian=True, mask=None):
+        mask = None if mask is None else tf.convert_to_tensor(mask)
+        loss, norms, per_example, kept, jac = self.function(x, y, mask, bool(jacobian))
         norms = np.asarray(norms, "float64")
-        ratio, rate, verdict = _verdict(norms)
+        kept = np.asarray(kept)
+        # Steps where every example is padding have no figure (NaN).
+        ratio, rate, verdict = _verdict(norms[~np.isnan(norms)])
         return GradientFlowReport(
             gradient_norms=norms,
             jacobian_norms=np.asarray(jac, "float64") if jacobian else None,
             ratio=ratio,
             rate=rate,
             verdict=verdict,
+            example_gradient_norms=np.asarray(per_example, "float64"),
+            mask=kept,
         )
 
 
@@ -431,7 +483,7 @@ class GradientFlow(keras.callbacks.Callback):
         return np.stack([r.jacobian_norms for r in self.reports])
 
     @staticmethod
-    def measure(model, x, y, layer=None, jacobian=True, loss=None):
+    def measure(model, x, y, layer=None, jacobian=True, loss=None, mask=None):
         """Measures the gradient flow of ``model`` on one batch.
 
         Args:
@@ -443,11 +495,14 @@ class GradientFlow(keras.callbacks.Callback):
             layer: None (first Feedback layer), a name or the layer.
             jacobian: bool, also the step Jacobian norms.
             loss: optional loss (name, function or `keras.losses.Loss`).
+            mask: optional ``(batch, time)`` boolean mask of the layer's
+                inputs; by default the mask the layers before it compute
+                (``Masking``, ``Embedding(mask_zero=True)``), if any.
 
         Returns:
             A `GradientFlowReport`.
         """
-        return _Probe(model, layer, loss).measure(x, y, jacobian)
+        return _Probe(model, layer, loss).measure(x, y, jacobian, mask)
 
     def on_train_begin(self, logs=None):
         self._probe = _Probe(self.model, self.layer, self.loss)

@@ -1,0 +1,429 @@
+"""``FeedbackCellBase``: what the dense and the convolutional cells share.
+
+A cell is its step math (``keras_feedback.cells``) and its weights: this base
+validates and stores the cell's arguments, creates the weights through one
+hook (``kernel_shape``: a matrix for the dense cell, a convolution kernel for
+the convolutional one), draws dropout masks, serialises the config, and
+describes the step to the engine (``recurrence``). It never loops over time.
+"""
+
+import keras
+import tensorflow as tf
+
+from keras_feedback import activations
+from keras_feedback.cells import _feedback_math as math
+
+# Weight groups: name -> (initializer/regularizer/constraint argument prefix).
+KERNEL_GROUPS = ("kernel", "recurrent", "feedback", "attention", "output", "bias")
+_KINDS = (
+    ("initializer", keras.initializers.get, keras.initializers.serialize),
+    ("regularizer", keras.regularizers.get, keras.regularizers.serialize),
+    ("constraint", keras.constraints.get, keras.constraints.serialize),
+)
+# Which parameters are the feedback part (for staged training).
+FEEDBACK_PARAMS = (
+    "feedback_recurrent_kernel",
+    "feedback_kernel",
+    "feedback_bias",
+    "attention_kernel",
+    "attention_bias",
+)
+# The names of the state tensors, in order (those a cell has).
+STATE_NAMES = ("h", "carry", "c")
+
+
+def check_int(name, value, minimum, allow_none=False):
+    """``value`` if it is an int ``>= minimum`` (or None when allowed)."""
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        kind = "a positive" if minimum > 0 else "a non-negative"
+        none = " or None" if allow_none else ""
+        raise ValueError(
+            f"Argument `{name}` must be {kind} integer{none}, got {value!r}"
+        )
+    return value
+
+
+def _check_rate(name, value):
+    if not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
+        raise ValueError(f"Argument `{name}` must be a float in [0, 1), got {value!r}")
+    return float(value)
+
+
+def _step_form(activation):
+    """What the ``StepSpec`` holds: a parametric activation's pure function."""
+    if isinstance(activation, activations.ParametricActivation):
+        return activation.pure
+    return activation
+
+
+def _serialize_activation(activation):
+    config = activations.serialize(activation)
+    if isinstance(activation, activations.ParametricActivation):
+        # The cell builds it, in its own name scope, for the width it needs.
+        config.pop("build_config", None)
+    return config
+
+
+class FeedbackCellBase(keras.layers.Layer):
+    """The shared part of the feedback cells; see ``FeedbackCell``.
+
+    Subclasses set ``SIZE_NAMES`` (their names of ``units``,
+    ``feedback_units``, ``output_units`` in errors and configs) and implement
+    ``kernel_shape``, ``position_shape``, ``build``, ``recurrence``,
+    ``engine_inputs`` and the layout hooks (``state_shapes``, ``to_engine``,
+    ``from_engine``).
+    """
+
+    SIZE_NAMES = {
+        "units": "units",
+        "feedback_units": "feedback_units",
+        "output_units": "output_units",
+    }
+
+    def __init__(
+        self,
+        units,
+        feedback_units=None,
+        core="gru",
+        activation="tanh",
+        recurrent_activation="sigmoid",
+        feedback_activation="sigmoid",
+        output_units=None,
+        output_activation=None,
+        attention=False,
+        residual=False,
+        layer_norm=False,
+        use_bias=True,
+        kernel_initializer="glorot_uniform",
+        recurrent_initializer="orthogonal",
+        feedback_initializer="glorot_uniform",
+        attention_initializer="glorot_uniform",
+        output_initializer="glorot_uniform",
+        bias_initializer="zeros",
+        kernel_regularizer=None,
+        recurrent_regularizer=None,
+        feedback_regularizer=None,
+        attention_regularizer=None,
+        output_regularizer=None,
+        bias_regularizer=None,
+        kernel_constraint=None,
+        recurrent_constraint=None,
+        feedback_constraint=None,
+        attention_constraint=None,
+        output_constraint=None,
+        bias_constraint=None,
+        unit_forget_bias=True,
+        dropout=0.0,
+        recurrent_dropout=0.0,
+        seed=None,
+        **kwargs,
+    ):
+        names = self.SIZE_NAMES
+        check_int(names["units"], units, 1)
+        if feedback_units is None:
+            feedback_units = units
+        check_int(names["feedback_units"], feedback_units, 0)
+        check_int(names["output_units"], output_units, 1, allow_none=True)
+        if core not in math.CORES:
+            raise ValueError(
+                f"Argument `core` must be one of {math.CORES}, got {core!r}"
+            )
+        dropout = _check_rate("dropout", dropout)
+        recurrent_dropout = _check_rate("recurrent_dropout", recurrent_dropout)
+        super().__init__(**kwargs)
+        self.units = units
+        self.feedback_units = feedback_units
+        self.core = core
+        self.activation = activations.get(activation)
+        self.recurrent_activation = activations.get(recurrent_activation)
+        self.feedback_activation = activations.get(feedback_activation)
+        self.output_units = output_units
+        self.output_activation = activations.get(output_activation)
+        self.attention = bool(attention)
+        self.residual = bool(residual)
+        self.layer_norm = bool(layer_norm)
+        self.use_bias = bool(use_bias)
+        local = locals()
+        for group in KERNEL_GROUPS:
+            for kind, getter, _ in _KINDS:
+                setattr(self, f"{group}_{kind}", getter(local[f"{group}_{kind}"]))
+        self.unit_forget_bias = bool(unit_forget_bias)
+        self.dropout = dropout
+        self.recurrent_dropout = recurrent_dropout
+        self.seed = seed
+        self.seed_generator = keras.random.SeedGenerator(seed)
+        self._check_activations()
+        self.spec = math.StepSpec(
+            core=core,
+            units=units,
+            feedback_units=feedback_units,
+            output_units=output_units,
+            attention=self.attention,
+            residual=self.residual,
+            layer_norm=self.layer_norm,
+            use_bias=self.use_bias,
+            activation=_step_form(self.activation),
+            recurrent_activation=_step_form(self.recurrent_activation),
+            feedback_activation=_step_form(self.feedback_activation),
+            output_activation=_step_form(self.output_activation),
+        )
+
+    def _check_activations(self):
+        """Refuses activations the step math cannot keep pure, or that do
+        nothing."""
+        used = {
+            "feedback_activation": bool(self.feedback_units),
+            "output_activation": bool(self.output_units),
+        }
+        seen = {}
+        for slot in math.ACTIVATION_SLOTS:
+            act = getattr(self, slot)
+            if isinstance(act, keras.layers.Layer) and not isinstance(
+                act, activations.ParametricActivation
+            ):
+                raise TypeError(
+                    f"Argument `{slot}` is a Keras layer ({act!r}); the cell's "
+                    "step cannot read layer weights. Use a keras_feedback."
+                    "activations.ParametricActivation (PReLU, Swish, Snake, "
+                    "Pade, APL, RReLU)."
+                )
+            if not isinstance(act, activations.ParametricActivation):
+                continue
+            if not used.get(slot, True):
+                size = slot.replace("activation", "units")
+                raise ValueError(
+                    f"Argument `{slot}`={act!r} has no effect with "
+                    f"{self.SIZE_NAMES[size]}={getattr(self, size)!r}"
+                )
+            if id(act) in seen:
+                raise ValueError(
+                    f"Arguments `{seen[id(act)]}` and `{slot}` got the same "
+                    f"activation instance {act!r}: pass a separate instance per "
+                    "argument (each builds its own parameters)"
+                )
+            seen[id(act)] = slot
+
+    # --- weights ------------------------------------------------------------
+
+    def kernel_shape(self, inputs, outputs, pointwise=False):
+        """The shape of a kernel from ``inputs`` to ``outputs`` channels;
+        ``pointwise``: per position (the attention gate, the readout)."""
+        raise NotImplementedError
+
+    def _add(self, name, shape, group, initializer=None):
+        return self.add_weight(
+            name=name,
+            shape=shape,
+            initializer=initializer or getattr(self, f"{group}_initializer"),
+            regularizer=getattr(self, f"{group}_regularizer"),
+            constraint=getattr(self, f"{group}_constraint"),
+        )
+
+    def _bias_initializer(self):
+        if self.core != "lstm" or not self.unit_forget_bias:
+            return self.bias_initializer
+        units, init = self.units, self.bias_initializer
+
+        def initializer(shape, dtype=None):
+            return keras.ops.concatenate(
+                [
+                    init((units,), dtype=dtype),
+                    keras.initializers.get("ones")((units,), dtype=dtype),
+                    init((2 * units,), dtype=dtype),
+                ]
+            )
+
+        return initializer
+
+    def build_weights(self, features):
+        """Creates every weight, for inputs of ``features`` channels."""
+        units, fb, out = self.units, self.feedback_units, self.output_units
+        width = self.spec.gates * units
+        shape = self.kernel_shape
+        self.kernel = self._add("kernel", shape(features, width), "kernel")
+        self.recurrent_kernel = self._add(
+            "recurrent_kernel", shape(units, width), "recurrent"
+        )
+        if self.use_bias:
+            bias_shape = (2, width) if self.core == "gru" else (width,)
+            self.bias = self._add("bias", bias_shape, "bias", self._bias_initializer())
+        if fb:
+            self.feedback_recurrent_kernel = self._add(
+                "feedback_recurrent_kernel", shape(fb, width), "feedback"
+            )
+            self.feedback_kernel = self._add(
+                "feedback_kernel", shape(units, fb), "feedback"
+            )
+            if self.use_bias:
+                self.feedback_bias = self._add("feedback_bias", (fb,), "bias")
+        if self.attention:
+            self.attention_kernel = self._add(
+                "attention_kernel", shape(units + fb, units, True), "attention"
+            )
+            if self.use_bias:
+                self.attention_bias = self._add("attention_bias", (units,), "bias")
+        if out:
+            self.output_kernel = self._add(
+                "output_kernel", shape(units + fb, out, True), "output"
+            )
+            if self.use_bias:
+                self.output_bias = self._add("output_bias", (out,), "bias")
+        if self.layer_norm:
+            self.layer_norm_gamma = self.add_weight(
+                name="layer_norm_gamma", shape=(units,), initializer="ones"
+            )
+            self.layer_norm_beta = self.add_weight(
+                name="layer_norm_beta", shape=(units,), initializer="zeros"
+            )
+        # A sub-layer's weights come after the cell's own in `weights`.
+        for slot, (act, act_width) in self._parametric_activations().items():
+            if not act.built:
+                act.build((None, act_width))
+            elif getattr(act, "per_unit", False) and act.units != act_width:
+                raise ValueError(
+                    f"Argument `{slot}`: {act!r} was built for {act.units} "
+                    f"units, but the cell applies it to {act_width}"
+                )
+
+    def _parametric_activations(self):
+        """slot -> (activation, width it is applied to), parametric ones only."""
+        widths = {
+            "activation": self.units,
+            "recurrent_activation": self.units,
+            "feedback_activation": self.feedback_units,
+            "output_activation": self.output_units,
+        }
+        return {
+            slot: (getattr(self, slot), width)
+            for slot, width in widths.items()
+            if isinstance(getattr(self, slot), activations.ParametricActivation)
+        }
+
+    def _param_variables(self):
+        """The cell's own weights by name (not its activations')."""
+        owned = {
+            id(v)
+            for act, _ in self._parametric_activations().values()
+            for v in act.weights
+        }
+        return {v.name: v for v in self.weights if id(v) not in owned}
+
+    def position_shape(self, channels):
+        """The shape of ``channels`` values at every position of a state, as
+        the step math sees it: ``(channels,)``, or ``(height, width,
+        channels)`` for maps (channels last)."""
+        raise NotImplementedError
+
+    def step_params(self, training=False, batch_size=None):
+        """The parameters of the step math, as ``compute_dtype`` tensors.
+
+        The cell's weights by name; a parametric activation's tensors under
+        its slot (``"activation"``, ...), with, when ``training`` and
+        ``batch_size`` are given, its training noise drawn from the cell's
+        seed generator (one draw per row, or per pixel, for all steps).
+        """
+        dtype = self.compute_dtype
+        params = {
+            name: tf.cast(variable.value, dtype)
+            for name, variable in self._param_variables().items()
+        }
+        for slot, (act, width) in self._parametric_activations().items():
+            noise_shape = None
+            if training and batch_size is not None:
+                noise_shape = [batch_size, *self.position_shape(width)]
+            params[slot] = act.step_params(dtype, noise_shape, self.seed_generator)
+        return params
+
+    def engine_params(self, training, batch_size):
+        """``(params, per_example)`` of one call for the engine.
+
+        ``params``: ``{"weights": step_params, "recurrent_mask": ...}`` (the
+        recurrent dropout mask only when active). ``per_example``: the keys
+        whose tensors have the batch on axis 0, which an engine may split
+        with the batch; None when it must not split it (a parametric
+        activation's training noise is per batch row, inside the weights).
+        """
+        params = {"weights": self.step_params(training, batch_size)}
+        per_example = ()
+        if training and self.recurrent_dropout:
+            shape = [batch_size, *self.position_shape(self.units)]
+            ones = tf.ones(shape, self.compute_dtype)
+            params["recurrent_mask"] = keras.random.dropout(
+                ones, self.recurrent_dropout, seed=self.seed_generator
+            )
+            per_example = ("recurrent_mask",)
+        if training and self._parametric_activations():
+            per_example = None
+        return params, per_example
+
+    def input_dropout(self, sequences, training):
+        """``sequences`` with input dropout, one mask for every step."""
+        if not (training and self.dropout):
+            return sequences
+        ones = tf.ones_like(sequences[:, :1])
+        return sequences * keras.random.dropout(
+            ones, self.dropout, seed=self.seed_generator
+        )
+
+    @property
+    def feedback_weights(self):
+        """The weights of the feedback part.
+
+        ``W_c``, ``b_c``, ``U_c``, ``W_α``, ``b_α`` and the parameters of a
+        learnable feedback activation.
+        """
+        weights = [
+            v for n, v in self._param_variables().items() if n in FEEDBACK_PARAMS
+        ]
+        act = self.feedback_activation
+        if isinstance(act, activations.ParametricActivation) and self.feedback_units:
+            weights.extend(act.weights)
+        return weights
+
+    @property
+    def feedforward_weights(self):
+        """Every weight that is not in ``feedback_weights``."""
+        feedback = {id(v) for v in self.feedback_weights}
+        return [v for v in self.weights if id(v) not in feedback]
+
+    # --- states -------------------------------------------------------------
+
+    @property
+    def state_names(self):
+        """The names of the states, in order: ``h``, ``carry`` (lstm), ``c``
+        (with feedback)."""
+        names = ["h"] + (["carry"] if self.core == "lstm" else [])
+        return names + (["c"] if self.feedback_units else [])
+
+    # --- config -------------------------------------------------------------
+
+    def cell_config(self):
+        """The cell's own arguments (no base Layer arguments)."""
+        names = self.SIZE_NAMES
+        config = {
+            names["units"]: self.units,
+            names["feedback_units"]: self.feedback_units,
+            "core": self.core,
+            "activation": _serialize_activation(self.activation),
+            "recurrent_activation": _serialize_activation(self.recurrent_activation),
+            "feedback_activation": _serialize_activation(self.feedback_activation),
+            names["output_units"]: self.output_units,
+            "output_activation": _serialize_activation(self.output_activation),
+            "attention": self.attention,
+            "residual": self.residual,
+            "layer_norm": self.layer_norm,
+            "use_bias": self.use_bias,
+            "unit_forget_bias": self.unit_forget_bias,
+            "dropout": self.dropout,
+            "recurrent_dropout": self.recurrent_dropout,
+            "seed": self.seed,
+        }
+        for group in KERNEL_GROUPS:
+            for kind, _, serialize in _KINDS:
+                config[f"{group}_{kind}"] = serialize(getattr(self, f"{group}_{kind}"))
+        return config
+
+    def get_config(self):
+        return {**super().get_config(), **self.cell_config()}
