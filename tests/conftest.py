@@ -2,11 +2,18 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+import hypothesis  # noqa: E402
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 import keras_feedback  # noqa: E402,F401
+
+# Property runs: CI's short form by default; `--hypothesis-profile=full` for
+# the full run (see tests/test_engine_agreement.py).
+hypothesis.settings.register_profile("ci", max_examples=6, deadline=None)
+hypothesis.settings.register_profile("full", max_examples=200, deadline=None)
+hypothesis.settings.load_profile("ci")
 
 
 @pytest.fixture(autouse=True)
@@ -21,7 +28,3 @@ def _isolated_keras_state():
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)
-
-
-def weights_by_name(layer):
-    return {v.name: np.asarray(v.numpy(), "float64") for v in layer.trainable_weights}

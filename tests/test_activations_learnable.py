@@ -728,11 +728,13 @@ def test_docstring_examples():
 
     from keras_feedback.activations import _extras
     from keras_feedback.activations import _learnable
+    from keras_feedback.activations import _pade
+    from keras_feedback.activations import _units
 
     runner = doctest.DocTestRunner(optionflags=doctest.NORMALIZE_WHITESPACE)
     globs = {"keras": keras, "keras_feedback": keras_feedback, "np": np}
     examples = 0
-    for module in (_extras, _learnable):
+    for module in (_extras, _learnable, _pade, _units):
         for test in doctest.DocTestFinder().find(module, globs=globs):
             examples += len(test.examples)
             runner.run(test)

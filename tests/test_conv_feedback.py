@@ -4,9 +4,9 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from keras.src import testing
 
 import keras_feedback
+from helpers import LayerTestCase
 
 ConvFeedback2D = keras_feedback.layers.ConvFeedback2D
 
@@ -552,7 +552,7 @@ def test_bad_shapes():
         )
 
 
-class TestKerasConformance(testing.TestCase):
+class TestKerasConformance(LayerTestCase):
     def test_conv_feedback_layer(self):
         for kwargs, shape in [
             (dict(filters=2, kernel_size=3, padding="same"), (2, 5, 5, 2)),

@@ -9,7 +9,8 @@ import tensorflow as tf
 
 import keras_feedback
 from numpy_reference import feedback_sequence
-from conftest import weights_by_name
+from helpers import LayerTestCase
+from helpers import weights_by_name
 
 Feedback = keras_feedback.layers.Feedback
 FeedbackCell = keras_feedback.layers.FeedbackCell
@@ -335,7 +336,7 @@ LAYER_CASES = [
 ]
 
 
-class TestKerasConformance(testing.TestCase):
+class TestKerasConformance(LayerTestCase):
     def test_feedback_layer(self):
         for name, kwargs in LAYER_CASES:
             with self.subTest(name):

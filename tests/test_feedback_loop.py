@@ -5,9 +5,9 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from keras.src import testing
 
 import keras_feedback
+from helpers import LayerTestCase
 
 FeedbackLoop = keras_feedback.layers.FeedbackLoop
 
@@ -322,7 +322,7 @@ def test_concat_block_with_the_wrong_input_channels():
         FeedbackLoop(block, 2, feedback="concat")(keras.Input((6, 6, 1)))
 
 
-class TestKerasConformance(testing.TestCase):
+class TestKerasConformance(LayerTestCase):
     def test_feedback_loop(self):
         for feedback in ("concat", "gate"):
             with self.subTest(feedback):

@@ -226,3 +226,45 @@ def test_verdict_thresholds():
     assert _gradient_flow._verdict(np.array([np.inf, 1.0]))[2] == "exploding"
     ratio, rate, _ = _gradient_flow._verdict(np.array([8.0, 4.0, 2.0, 1.0]))
     assert ratio == 8.0 and rate == pytest.approx(2.0)
+
+
+@pytest.mark.parametrize("core", ["gru", "lstm"])
+def test_padded_batch_gives_each_example_its_own_figures(rng, core):
+    """On a batch padded behind a ``Masking`` layer, each example's figures
+    on its valid steps are those it gives run alone at its true length;
+    padded steps are marked masked (NaN), not vanishing."""
+
+    def model(time_steps):
+        m = keras.Sequential(
+            [
+                keras.Input((time_steps, 3)),
+                keras.layers.Masking(0.0),
+                Feedback(5, feedback_units=2, core=core, name="loop"),
+                keras.layers.Dense(1, name="head"),
+            ]
+        )
+        m.compile("sgd", "mse")
+        return m
+
+    lengths = [6, 3, 5]
+    padded = model(6)
+    x = np.zeros((3, 6, 3), "float32")
+    for i, n in enumerate(lengths):
+        x[i, :n] = rng.normal(size=(n, 3)) + 0.1  # no exact zeros in real steps
+    y = rng.normal(size=(3, 1)).astype("float32")
+    report = GradientFlow.measure(padded, x, y)
+    assert report.mask.tolist() == [[t < n for t in range(6)] for n in lengths]
+    assert np.isnan(report.example_gradient_norms[1, 3:]).all()
+    assert np.isfinite(report.gradient_norms).all()
+    for i, n in enumerate(lengths):
+        alone = model(n)
+        alone.set_weights(padded.get_weights())
+        single = GradientFlow.measure(alone, x[i : i + 1, :n], y[i : i + 1])
+        np.testing.assert_allclose(
+            report.example_gradient_norms[i, :n], single.gradient_norms, rtol=1e-5
+        )
+        np.testing.assert_allclose(
+            report.example_gradient_norms[i, :n],
+            single.example_gradient_norms[0],
+            rtol=1e-5,
+        )

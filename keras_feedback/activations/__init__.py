@@ -19,21 +19,21 @@ fresh instance, which a cell builds with its own weights (see
 from keras_feedback.activations._extras import lisht
 from keras_feedback.activations._extras import rrelu
 from keras_feedback.activations._extras import snake
-from keras_feedback.activations._learnable import APL
 from keras_feedback.activations._learnable import LearnableActivation
-from keras_feedback.activations._learnable import Pade
 from keras_feedback.activations._learnable import ParametricActivation
-from keras_feedback.activations._learnable import PReLU
 from keras_feedback.activations._learnable import PureActivation
-from keras_feedback.activations._learnable import RReLU
-from keras_feedback.activations._learnable import Snake
-from keras_feedback.activations._learnable import Swish
-from keras_feedback.activations._learnable import pade_coefficients
+from keras_feedback.activations._pade import Pade
+from keras_feedback.activations._pade import pade_coefficients
 from keras_feedback.activations._registry import derivative
 from keras_feedback.activations._registry import deserialize
 from keras_feedback.activations._registry import get
 from keras_feedback.activations._registry import serialize
 from keras_feedback.activations._search import search
+from keras_feedback.activations._units import APL
+from keras_feedback.activations._units import PReLU
+from keras_feedback.activations._units import RReLU
+from keras_feedback.activations._units import Snake
+from keras_feedback.activations._units import Swish
 
 __all__ = [
     "APL",

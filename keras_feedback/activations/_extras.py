@@ -3,7 +3,7 @@
 Each comes with its closed-form derivative, registered so that
 ``keras_feedback.activations.derivative(name)`` returns it; a derivative takes
 the same arguments, with the same defaults, as its activation. ``rrelu`` is
-registered as the ``RReLU`` layer (``keras_feedback.activations._learnable``),
+registered as the ``RReLU`` layer (``keras_feedback.activations._units``),
 which a cell feeds with its training noise; the function here is for direct
 use. Options are Python numbers: the branches below are on those, never on
 tensor values.

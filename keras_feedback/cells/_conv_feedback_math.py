@@ -113,6 +113,10 @@ def project_inputs(spec, params, inputs):
         padding=spec.padding.upper(),
         dilations=spec.dilation_rate,
     )
+    # Conv2D returns its input's shape for an empty batch: say it.
+    projected = tf.reshape(
+        projected, [-1, spec.height, spec.width, kernel.shape[-1]]
+    )
     if spec.cell.use_bias:
         bias = params["bias"]
         projected = projected + (bias[0] if spec.cell.core == "gru" else bias)

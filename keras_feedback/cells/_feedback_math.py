@@ -122,7 +122,9 @@ def linear(x, kernel):
     ``(kh, kw, in, out)``, its stride-1 ``"same"`` convolution of the
     channels-last maps ``x``."""
     if kernel.shape.rank == 4:
-        return tf.nn.conv2d(x, kernel, strides=1, padding="SAME")
+        maps = tf.nn.conv2d(x, kernel, strides=1, padding="SAME")
+        # Conv2D returns its input's shape for an empty batch: say it.
+        return tf.reshape(maps, tf.concat([tf.shape(x)[:-1], kernel.shape[-1:]], 0))
     return tf.matmul(x, kernel)
 
 

@@ -13,7 +13,11 @@ from keras_feedback.engine import _masking
 
 
 def _write(buffer, t, value):
-    return tf.tensor_scatter_nd_update(buffer, [[t]], value[None])
+    # One (t, row) index per batch row rather than [[t]]: a scatter into an
+    # empty buffer is an error unless it has no indices, so batch 0 works.
+    rows = tf.range(tf.shape(value)[0])
+    indices = tf.stack([tf.fill(tf.shape(rows), t), rows], axis=1)
+    return tf.tensor_scatter_nd_update(buffer, indices, value)
 
 
 def run(

@@ -1,4 +1,9 @@
-"""LiteRT (TFLite) export with builtin ops only, and its verification."""
+"""LiteRT (TFLite) export with builtin ops only, and its verification.
+
+The int8 calibration and quantisation helpers are in ``_calibration``; the
+rewriting of the converted flatbuffer (signature, dequantised weights) and
+``litert_ops`` are in ``_flatbuffer``.
+"""
 
 import os
 import re
@@ -10,67 +15,21 @@ import numpy as np
 import tensorflow as tf
 
 from keras_feedback._api import public
+from keras_feedback.export import _calibration
 from keras_feedback.export import _common
+from keras_feedback.export import _flatbuffer
 from keras_feedback.export import _saved_model
 from keras_feedback.export import _trace
+from keras_feedback.export._flatbuffer import litert_ops
 
-QUANTIZATIONS = ("float16", "dynamic_range", "int8")
 SEQUENCE_SIGNATURE = _saved_model.SERVING_DEFAULT
 STEP_SIGNATURE = _saved_model.STEP
-# Calibration batches (time steps) fed to the int8 quantizer at most; longer
-# representative data is subsampled evenly.
-_MAX_CALIBRATION_BATCHES = 512
 
 
 def _interpreter(model_path=None, model_content=None):
     from ai_edge_litert.interpreter import Interpreter
 
     return Interpreter(model_path=model_path, model_content=model_content)
-
-
-def _builtin_names():
-    from ai_edge_litert import schema_py_generated as schema
-
-    return {
-        value: name
-        for name, value in vars(schema.BuiltinOperator).items()
-        if not name.startswith("_")
-    }
-
-
-@public("keras_feedback.export.litert_ops")
-def litert_ops(model):
-    """The operators of a LiteRT model, in all of its subgraphs.
-
-    Args:
-        model: path of a ``.tflite`` file, or its content as bytes.
-
-    Returns:
-        Sorted list of operator names: builtin ops by their schema name
-        (``"WHILE"``, ``"FULLY_CONNECTED"``), custom ops by their custom code
-        (a Flex op reads ``"Flex<TF op>"``).
-    """
-    from ai_edge_litert import schema_py_generated as schema
-
-    if not isinstance(model, (bytes, bytearray)):
-        with open(model, "rb") as f:
-            model = f.read()
-    root = schema.Model.GetRootAsModel(model, 0)
-    names = _builtin_names()
-    codes = []
-    for i in range(root.OperatorCodesLength()):
-        code = root.OperatorCodes(i)
-        builtin = max(code.BuiltinCode(), code.DeprecatedBuiltinCode())
-        if builtin == schema.BuiltinOperator.CUSTOM:
-            codes.append(code.CustomCode().decode())
-        else:
-            codes.append(names.get(builtin, f"BUILTIN_{builtin}"))
-    used = set()
-    for g in range(root.SubgraphsLength()):
-        subgraph = root.Subgraphs(g)
-        for o in range(subgraph.OperatorsLength()):
-            used.add(codes[subgraph.Operators(o).OpcodeIndex()])
-    return sorted(used)
 
 
 def _layer_of(location, layers):
@@ -132,58 +91,6 @@ def _conversion_error(error, model):
     )
 
 
-def _check_quantization(quantization, representative_data):
-    if quantization is not None and quantization not in QUANTIZATIONS:
-        raise ValueError(
-            f"Argument `quantization` must be None or one of {QUANTIZATIONS}, "
-            f"got {quantization!r}"
-        )
-    if quantization == "int8" and representative_data is None:
-        raise ValueError(
-            "Argument `representative_data` is required for "
-            "quantization='int8' (full integer quantization calibrates the "
-            "range of every tensor on it), got None"
-        )
-
-
-def _calibration_batches(plan, representative_data):
-    """``representative_data`` as a list of batches of named sequences."""
-    if callable(representative_data):
-        batches = list(representative_data())
-    else:
-        batches = [representative_data]
-    if not batches:
-        raise ValueError("Argument `representative_data` holds no data")
-    return [plan.named_inputs(b, argument="representative_data") for b in batches]
-
-
-def _step_samples(plan, representative_data):
-    """Calibration inputs of the step model: each step of each sequence with
-    the states the model itself reaches there."""
-    step = tf.function(plan.step_fn, input_signature=plan.signature("step"))
-    samples = []
-    with _common.export_mode(plan.model):
-        for named in _calibration_batches(plan, representative_data):
-            batch = next(iter(named.values())).shape[0]
-            states = plan.initial_state_fn({_trace.BATCH_SIZE: batch})
-            steps = next(iter(named.values())).shape[1]
-            for t in range(steps):
-                feed = {n: tf.constant(v[:, t]) for n, v in named.items()}
-                samples.append(
-                    {k: np.asarray(v) for k, v in {**feed, **states}.items()}
-                )
-                result = step({**feed, **states})
-                states = {name: result[name] for name in plan.state_specs}
-    stride = -(-len(samples) // _MAX_CALIBRATION_BATCHES)
-    return samples[::stride]
-
-
-def _sequence_samples(plan, representative_data):
-    """Calibration inputs of the whole-sequence model: the batches as given."""
-    batches = _calibration_batches(plan, representative_data)
-    return batches[:: -(-len(batches) // _MAX_CALIBRATION_BATCHES)]
-
-
 def _concrete_function(plan, kind):
     functions = {"sequence": plan.sequence_fn, "step": plan.step_fn}
     with _common.export_mode(plan.model):
@@ -219,194 +126,10 @@ def _converter(plan, concrete_function, quantization, samples, streaming):
     return converter
 
 
-# The ops a whole-sequence int8 model keeps in float32 (see below).
-_INT8_SEQUENCE_FLOAT_OPS = ("SCATTER_ND", "CONCATENATION", "SELECT", "SELECT_V2")
-
-
-def _quantize_sequence_int8(converter, samples, names):
-    """The whole-sequence model in int8, but the ops that only move data.
-
-    The recurrence writes each step's output into the output sequence with
-    ``tf.tensor_scatter_nd_update``, which LiteRT runs as SCATTER_ND ops on a
-    one-hot mask. An int8 SCATTER_ND fills the positions it does not write
-    with the integer 0, which is the real 0 only for a zero point of 0; the
-    quantizer gives the mask (values in [0, 1]) the zero point -128, so the
-    mask reads 0.5 where it should read 0 and every write halves the outputs
-    written before (measured: only the last step survived, relative error
-    about 1). Those ops only move data: in float32 they cost no precision.
-    The MLIR quantizer (the calibration quantizer does not support WHILE)
-    also requires one scale for all the inputs of a concatenation or a
-    select (masked steps keep their states), which the fixed output scales
-    of tanh and sigmoid do not share: those ops stay float32 too. The
-    quantizer's op denylist is reached through the public
-    ``tf.lite.experimental.QuantizationDebugger``.
-    """
-
-    def dataset():
-        return ([sample[name] for name in names] for sample in samples)
-
-    debugger = tf.lite.experimental.QuantizationDebugger(
-        converter=converter,
-        debug_dataset=dataset,
-        debug_options=tf.lite.experimental.QuantizationDebugOptions(
-            denylisted_ops=list(_INT8_SEQUENCE_FLOAT_OPS)
-        ),
-    )
-    return debugger.get_nondebug_quantized_model()
-
-
-# Ops whose hybrid kernel (int8 constant weights, float32 input) also rounds
-# its float input to int8 at every call. In a recurrence that rounding is
-# repeated at every step and compounds through the states.
-_HYBRID_OPS = frozenset(
-    """BATCH_MATMUL CONV_2D CONV_3D DEPTHWISE_CONV_2D FULLY_CONNECTED
-    TRANSPOSE_CONV""".split()
-)
-
-
-def _dequantize_weights(content):
-    """``content`` with every int8 weight of a hybrid op behind a DEQUANTIZE.
-
-    The dynamic-range converter stores the kernels in int8 (one scale per
-    output channel) and picks hybrid kernels that quantise the activations
-    on the fly. Here each such weight goes through a builtin DEQUANTIZE op
-    instead, so that the op computes in float32: the file keeps the int8
-    weights, and LiteRT dequantises a constant input once and keeps the
-    result (as it does for float16 weights), so the model runs the float32
-    math on int8-rounded weights.
-
-    Returns:
-        The new model's content.
-    """
-    import flatbuffers
-    from ai_edge_litert import schema_py_generated as schema
-
-    model = schema.ModelT.InitFromPackedBuf(content, 0)
-    names = _builtin_names()
-    codes = [
-        names.get(max(code.builtinCode, code.deprecatedBuiltinCode))
-        for code in model.operatorCodes
-    ]
-    for graph in model.subgraphs:
-        routed = {}  # int8 weight tensor -> its float32 copy
-        added = []
-        for op in graph.operators or []:
-            if codes[op.opcodeIndex] not in _HYBRID_OPS or (
-                graph.tensors[op.outputs[0]].type != schema.TensorType.FLOAT32
-            ):
-                continue
-            inputs = list(op.inputs)
-            for position, index in enumerate(inputs):
-                if index < 0 or not _is_int8_constant(model, graph.tensors[index]):
-                    continue
-                if index not in routed:
-                    tensor = graph.tensors[index]
-                    result = schema.TensorT()
-                    result.shape = list(tensor.shape)
-                    result.type = schema.TensorType.FLOAT32
-                    result.buffer = 0
-                    result.name = bytes(tensor.name) + b"/dequantized"
-                    graph.tensors.append(result)
-                    routed[index] = len(graph.tensors) - 1
-                    dequantize = schema.OperatorT()
-                    dequantize.opcodeIndex = _operator_code(
-                        model, codes, "DEQUANTIZE", _dequantize_version(tensor)
-                    )
-                    dequantize.inputs = [index]
-                    dequantize.outputs = [routed[index]]
-                    added.append(dequantize)
-                inputs[position] = routed[index]
-            op.inputs = inputs
-        if added:  # they read constants only: they can run first
-            graph.operators = added + list(graph.operators)
-    builder = flatbuffers.Builder(len(content) + 1024)
-    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
-    return bytes(builder.Output())
-
-
-def _is_int8_constant(model, tensor):
-    from ai_edge_litert import schema_py_generated as schema
-
-    data = model.buffers[tensor.buffer].data
-    return tensor.type == schema.TensorType.INT8 and data is not None and len(data) > 0
-
-
-def _dequantize_version(tensor):
-    """The DEQUANTIZE operator version that reads ``tensor``: 2 for int8,
-    5 for int8 with one scale per channel (LiteRT's op versioning)."""
-    scales = tensor.quantization.scale if tensor.quantization else None
-    return 5 if scales is not None and len(scales) > 1 else 2
-
-
-def _operator_code(model, codes, name, version):
-    """Index of the operator code of builtin ``name`` at ``version`` or
-    later, added or raised as needed."""
-    from ai_edge_litert import schema_py_generated as schema
-
-    if name in codes:
-        code = model.operatorCodes[codes.index(name)]
-        code.version = max(code.version, version)
-        return codes.index(name)
-    value = getattr(schema.BuiltinOperator, name)
-    code = schema.OperatorCodeT()
-    code.builtinCode = value
-    # The deprecated one-byte field holds the codes below 127.
-    code.deprecatedBuiltinCode = min(value, 127)
-    code.version = version
-    model.operatorCodes.append(code)
-    codes.append(name)
-    return len(codes) - 1
-
-
 def _flat_names(structure):
     """Names of a dict's values in the order ``tf.nest.flatten`` gives them."""
     names = list(structure)
     return tf.nest.flatten({name: name for name in names})
-
-
-def _with_signature(content, key, input_names, output_names):
-    """``content`` with a signature ``key`` naming its inputs and outputs.
-
-    The frozen conversion path writes none; the names are those of the traced
-    function's (flattened) inputs and outputs, in the subgraph's order.
-    """
-    import flatbuffers
-    from ai_edge_litert import schema_py_generated as schema
-
-    model = schema.ModelT.InitFromPackedBuf(content, 0)
-    graph = model.subgraphs[0]
-    if len(graph.inputs) != len(input_names) or len(graph.outputs) != len(
-        output_names
-    ):
-        raise ValueError(
-            f"LiteRT conversion gave {len(graph.inputs)} inputs and "
-            f"{len(graph.outputs)} outputs, expected {input_names} and "
-            f"{output_names}"
-        )
-    for name, index in zip(input_names, graph.inputs):
-        tensor_name = graph.tensors[index].name.decode()
-        if name not in tensor_name:
-            raise ValueError(
-                f"LiteRT input {tensor_name!r} does not carry the name {name!r}"
-            )
-
-    def tensor_map(name, index):
-        entry = schema.TensorMapT()
-        entry.name = name
-        entry.tensorIndex = int(index)
-        return entry
-
-    signature = schema.SignatureDefT()
-    signature.signatureKey = key
-    signature.subgraphIndex = 0
-    signature.inputs = [tensor_map(n, i) for n, i in zip(input_names, graph.inputs)]
-    signature.outputs = [
-        tensor_map(n, i) for n, i in zip(output_names, graph.outputs)
-    ]
-    model.signatureDefs = [signature]
-    builder = flatbuffers.Builder(len(content) + 1024)
-    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
-    return bytes(builder.Output())
 
 
 @public("keras_feedback.export.export_litert")
@@ -477,7 +200,7 @@ def export_litert(
     True
     """
     _common.check_model(model)
-    _check_quantization(quantization, representative_data)
+    _calibration._check_quantization(quantization, representative_data)
     path = os.fspath(path)
     _common.check_target(path, overwrite, "path")
     plan = _trace.ExportPlan(model)
@@ -489,9 +212,9 @@ def export_litert(
     samples = None
     if quantization == "int8":
         if streaming:
-            samples = _step_samples(plan, representative_data)
+            samples = _calibration._step_samples(plan, representative_data)
         else:
-            samples = _sequence_samples(plan, representative_data)
+            samples = _calibration._sequence_samples(plan, representative_data)
     kind = "step" if streaming else "sequence"
     function = _concrete_function(plan, kind)
     converter = _converter(plan, function, quantization, samples, streaming)
@@ -505,7 +228,7 @@ def export_litert(
             # The debugger's own (unused) interpreter is tf.lite's.
             warnings.filterwarnings("ignore", message=".*tf.lite.Interpreter")
             if quantization == "int8" and not streaming:
-                content = _quantize_sequence_int8(
+                content = _calibration._quantize_sequence_int8(
                     converter,
                     samples,
                     _flat_names(function.structured_input_signature[0][0]),
@@ -515,8 +238,8 @@ def export_litert(
     except Exception as error:  # the converter raises ConverterError
         raise _conversion_error(error, model) from None
     if quantization == "dynamic_range":
-        content = _dequantize_weights(content)
-    content = _with_signature(
+        content = _flatbuffer._dequantize_weights(content)
+    content = _flatbuffer._with_signature(
         content,
         STEP_SIGNATURE if streaming else SEQUENCE_SIGNATURE,
         _flat_names(function.structured_input_signature[0][0]),

@@ -34,7 +34,7 @@ import tensorflow as tf
 
 from keras_feedback._api import public
 from keras_feedback.layers import Feedback
-from keras_feedback.layers._recurrent import FeedbackRNN
+from keras_feedback.engine import _masking
 
 # ‖∂L/∂h_first‖ / ‖∂L/∂h_last‖ below this: vanishing; above the other:
 # exploding. Between them the loop passes gradients over the whole sequence.
@@ -258,10 +258,16 @@ class _Probe:
             output = tf.zeros([batch, *layer.step_output_shape], layer.compute_dtype)
             for t in order:
                 entering.append(states)
-                output, states = layer.step(
-                    sequences[:, t], states, mask=keep[:, t], previous_output=output
+                new_output, new = layer.step(sequences[:, t], states)
+                # h_t as the step computes it, before the mask selects: every
+                # path to the loss (this step's output too) starts there.
+                hidden.append(new[0])
+                rank = len(new_output.shape)
+                row = tf.reshape(keep[:, t], [-1] + [1] * (rank - 1))
+                states = _masking.keep(row, new, states)
+                output = _masking.output(
+                    row, new_output, output, layer.zero_output_for_mask
                 )
-                hidden.append(states[0])
                 outputs.append(output)
             result = tf.stack(outputs, 1) if layer.return_sequences else outputs[-1]
             prediction = self.downstream(result, training=False)

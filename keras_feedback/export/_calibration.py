@@ -1,0 +1,100 @@
+"""Quantisation options and int8 calibration of a LiteRT conversion."""
+
+import numpy as np
+import tensorflow as tf
+
+from keras_feedback.export import _common
+from keras_feedback.export import _trace
+
+QUANTIZATIONS = ("float16", "dynamic_range", "int8")
+# Calibration batches (time steps) fed to the int8 quantizer at most; longer
+# representative data is subsampled evenly.
+_MAX_CALIBRATION_BATCHES = 512
+
+
+def _check_quantization(quantization, representative_data):
+    if quantization is not None and quantization not in QUANTIZATIONS:
+        raise ValueError(
+            f"Argument `quantization` must be None or one of {QUANTIZATIONS}, "
+            f"got {quantization!r}"
+        )
+    if quantization == "int8" and representative_data is None:
+        raise ValueError(
+            "Argument `representative_data` is required for "
+            "quantization='int8' (full integer quantization calibrates the "
+            "range of every tensor on it), got None"
+        )
+
+
+def _calibration_batches(plan, representative_data):
+    """``representative_data`` as a list of batches of named sequences."""
+    if callable(representative_data):
+        batches = list(representative_data())
+    else:
+        batches = [representative_data]
+    if not batches:
+        raise ValueError("Argument `representative_data` holds no data")
+    return [plan.named_inputs(b, argument="representative_data") for b in batches]
+
+
+def _step_samples(plan, representative_data):
+    """Calibration inputs of the step model: each step of each sequence with
+    the states the model itself reaches there."""
+    step = tf.function(plan.step_fn, input_signature=plan.signature("step"))
+    samples = []
+    with _common.export_mode(plan.model):
+        for named in _calibration_batches(plan, representative_data):
+            batch = next(iter(named.values())).shape[0]
+            states = plan.initial_state_fn({_trace.BATCH_SIZE: batch})
+            steps = next(iter(named.values())).shape[1]
+            for t in range(steps):
+                feed = {n: tf.constant(v[:, t]) for n, v in named.items()}
+                samples.append(
+                    {k: np.asarray(v) for k, v in {**feed, **states}.items()}
+                )
+                result = step({**feed, **states})
+                states = {name: result[name] for name in plan.state_specs}
+    stride = -(-len(samples) // _MAX_CALIBRATION_BATCHES)
+    return samples[::stride]
+
+
+def _sequence_samples(plan, representative_data):
+    """Calibration inputs of the whole-sequence model: the batches as given."""
+    batches = _calibration_batches(plan, representative_data)
+    return batches[:: -(-len(batches) // _MAX_CALIBRATION_BATCHES)]
+
+
+# The ops a whole-sequence int8 model keeps in float32 (see below).
+_INT8_SEQUENCE_FLOAT_OPS = ("SCATTER_ND", "CONCATENATION", "SELECT", "SELECT_V2")
+
+
+def _quantize_sequence_int8(converter, samples, names):
+    """The whole-sequence model in int8, but the ops that only move data.
+
+    The recurrence writes each step's output into the output sequence with
+    ``tf.tensor_scatter_nd_update``, which LiteRT runs as SCATTER_ND ops on a
+    one-hot mask. An int8 SCATTER_ND fills the positions it does not write
+    with the integer 0, which is the real 0 only for a zero point of 0; the
+    quantizer gives the mask (values in [0, 1]) the zero point -128, so the
+    mask reads 0.5 where it should read 0 and every write halves the outputs
+    written before (measured: only the last step survived, relative error
+    about 1). Those ops only move data: in float32 they cost no precision.
+    The MLIR quantizer (the calibration quantizer does not support WHILE)
+    also requires one scale for all the inputs of a concatenation or a
+    select (masked steps keep their states), which the fixed output scales
+    of tanh and sigmoid do not share: those ops stay float32 too. The
+    quantizer's op denylist is reached through the public
+    ``tf.lite.experimental.QuantizationDebugger``.
+    """
+
+    def dataset():
+        return ([sample[name] for name in names] for sample in samples)
+
+    debugger = tf.lite.experimental.QuantizationDebugger(
+        converter=converter,
+        debug_dataset=dataset,
+        debug_options=tf.lite.experimental.QuantizationDebugOptions(
+            denylisted_ops=list(_INT8_SEQUENCE_FLOAT_OPS)
+        ),
+    )
+    return debugger.get_nondebug_quantized_model()

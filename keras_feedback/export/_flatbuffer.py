@@ -1,0 +1,201 @@
+"""Reading and rewriting the flatbuffer of a converted LiteRT model.
+
+``litert_ops`` lists a file's operators; ``_with_signature`` adds the
+signature the frozen conversion path does not write; ``_dequantize_weights``
+routes the int8 weights of hybrid ops through DEQUANTIZE ops.
+"""
+
+from keras_feedback._api import public
+
+
+def _builtin_names():
+    from ai_edge_litert import schema_py_generated as schema
+
+    return {
+        value: name
+        for name, value in vars(schema.BuiltinOperator).items()
+        if not name.startswith("_")
+    }
+
+
+@public("keras_feedback.export.litert_ops")
+def litert_ops(model):
+    """The operators of a LiteRT model, in all of its subgraphs.
+
+    Args:
+        model: path of a ``.tflite`` file, or its content as bytes.
+
+    Returns:
+        Sorted list of operator names: builtin ops by their schema name
+        (``"WHILE"``, ``"FULLY_CONNECTED"``), custom ops by their custom code
+        (a Flex op reads ``"Flex<TF op>"``).
+    """
+    from ai_edge_litert import schema_py_generated as schema
+
+    if not isinstance(model, (bytes, bytearray)):
+        with open(model, "rb") as f:
+            model = f.read()
+    root = schema.Model.GetRootAsModel(model, 0)
+    names = _builtin_names()
+    codes = []
+    for i in range(root.OperatorCodesLength()):
+        code = root.OperatorCodes(i)
+        builtin = max(code.BuiltinCode(), code.DeprecatedBuiltinCode())
+        if builtin == schema.BuiltinOperator.CUSTOM:
+            codes.append(code.CustomCode().decode())
+        else:
+            codes.append(names.get(builtin, f"BUILTIN_{builtin}"))
+    used = set()
+    for g in range(root.SubgraphsLength()):
+        subgraph = root.Subgraphs(g)
+        for o in range(subgraph.OperatorsLength()):
+            used.add(codes[subgraph.Operators(o).OpcodeIndex()])
+    return sorted(used)
+
+
+# Ops whose hybrid kernel (int8 constant weights, float32 input) also rounds
+# its float input to int8 at every call. In a recurrence that rounding is
+# repeated at every step and compounds through the states.
+_HYBRID_OPS = frozenset(
+    """BATCH_MATMUL CONV_2D CONV_3D DEPTHWISE_CONV_2D FULLY_CONNECTED
+    TRANSPOSE_CONV""".split()
+)
+
+
+def _dequantize_weights(content):
+    """``content`` with every int8 weight of a hybrid op behind a DEQUANTIZE.
+
+    The dynamic-range converter stores the kernels in int8 (one scale per
+    output channel) and picks hybrid kernels that quantise the activations
+    on the fly. Here each such weight goes through a builtin DEQUANTIZE op
+    instead, so that the op computes in float32: the file keeps the int8
+    weights, and LiteRT dequantises a constant input once and keeps the
+    result (as it does for float16 weights), so the model runs the float32
+    math on int8-rounded weights.
+
+    Returns:
+        The new model's content.
+    """
+    import flatbuffers
+    from ai_edge_litert import schema_py_generated as schema
+
+    model = schema.ModelT.InitFromPackedBuf(content, 0)
+    names = _builtin_names()
+    codes = [
+        names.get(max(code.builtinCode, code.deprecatedBuiltinCode))
+        for code in model.operatorCodes
+    ]
+    for graph in model.subgraphs:
+        routed = {}  # int8 weight tensor -> its float32 copy
+        added = []
+        for op in graph.operators or []:
+            if codes[op.opcodeIndex] not in _HYBRID_OPS or (
+                graph.tensors[op.outputs[0]].type != schema.TensorType.FLOAT32
+            ):
+                continue
+            inputs = list(op.inputs)
+            for position, index in enumerate(inputs):
+                if index < 0 or not _is_int8_constant(model, graph.tensors[index]):
+                    continue
+                if index not in routed:
+                    tensor = graph.tensors[index]
+                    result = schema.TensorT()
+                    result.shape = list(tensor.shape)
+                    result.type = schema.TensorType.FLOAT32
+                    result.buffer = 0
+                    result.name = bytes(tensor.name) + b"/dequantized"
+                    graph.tensors.append(result)
+                    routed[index] = len(graph.tensors) - 1
+                    dequantize = schema.OperatorT()
+                    dequantize.opcodeIndex = _operator_code(
+                        model, codes, "DEQUANTIZE", _dequantize_version(tensor)
+                    )
+                    dequantize.inputs = [index]
+                    dequantize.outputs = [routed[index]]
+                    added.append(dequantize)
+                inputs[position] = routed[index]
+            op.inputs = inputs
+        if added:  # they read constants only: they can run first
+            graph.operators = added + list(graph.operators)
+    builder = flatbuffers.Builder(len(content) + 1024)
+    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
+    return bytes(builder.Output())
+
+
+def _is_int8_constant(model, tensor):
+    from ai_edge_litert import schema_py_generated as schema
+
+    data = model.buffers[tensor.buffer].data
+    return tensor.type == schema.TensorType.INT8 and data is not None and len(data) > 0
+
+
+def _dequantize_version(tensor):
+    """The DEQUANTIZE operator version that reads ``tensor``: 2 for int8,
+    5 for int8 with one scale per channel (LiteRT's op versioning)."""
+    scales = tensor.quantization.scale if tensor.quantization else None
+    return 5 if scales is not None and len(scales) > 1 else 2
+
+
+def _operator_code(model, codes, name, version):
+    """Index of the operator code of builtin ``name`` at ``version`` or
+    later, added or raised as needed."""
+    from ai_edge_litert import schema_py_generated as schema
+
+    if name in codes:
+        code = model.operatorCodes[codes.index(name)]
+        code.version = max(code.version, version)
+        return codes.index(name)
+    value = getattr(schema.BuiltinOperator, name)
+    code = schema.OperatorCodeT()
+    code.builtinCode = value
+    # The deprecated one-byte field holds the codes below 127.
+    code.deprecatedBuiltinCode = min(value, 127)
+    code.version = version
+    model.operatorCodes.append(code)
+    codes.append(name)
+    return len(codes) - 1
+
+
+def _with_signature(content, key, input_names, output_names):
+    """``content`` with a signature ``key`` naming its inputs and outputs.
+
+    The frozen conversion path writes none; the names are those of the traced
+    function's (flattened) inputs and outputs, in the subgraph's order.
+    """
+    import flatbuffers
+    from ai_edge_litert import schema_py_generated as schema
+
+    model = schema.ModelT.InitFromPackedBuf(content, 0)
+    graph = model.subgraphs[0]
+    if len(graph.inputs) != len(input_names) or len(graph.outputs) != len(
+        output_names
+    ):
+        raise ValueError(
+            f"LiteRT conversion gave {len(graph.inputs)} inputs and "
+            f"{len(graph.outputs)} outputs, expected {input_names} and "
+            f"{output_names}"
+        )
+    for name, index in zip(input_names, graph.inputs):
+        tensor_name = graph.tensors[index].name.decode()
+        if name not in tensor_name:
+            raise ValueError(
+                f"LiteRT input {tensor_name!r} does not carry the name {name!r}"
+            )
+
+    def tensor_map(name, index):
+        entry = schema.TensorMapT()
+        entry.name = name
+        entry.tensorIndex = int(index)
+        return entry
+
+    signature = schema.SignatureDefT()
+    signature.signatureKey = key
+    signature.subgraphIndex = 0
+    signature.inputs = [tensor_map(n, i) for n, i in zip(input_names, graph.inputs)]
+    signature.outputs = [
+        tensor_map(n, i) for n, i in zip(output_names, graph.outputs)
+    ]
+    model.signatureDefs = [signature]
+    builder = flatbuffers.Builder(len(content) + 1024)
+    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
+    return bytes(builder.Output())
