@@ -18,6 +18,12 @@ import tensorflow as tf
 import keras_feedback
 from keras_feedback import engine as engines
 from keras_feedback.cells import _feedback_math as math
+from keras_feedback.engine import _reference
+from keras_feedback.engine import _xla
+from keras_feedback.engine import _xla_layouts
+from keras_feedback.engine import _xla_reverse
+from keras_feedback.engine import _xla_shards
+from keras_feedback.engine import _xla_windows
 
 Feedback = keras_feedback.layers.Feedback
 FeedbackCell = keras_feedback.layers.FeedbackCell
@@ -57,11 +63,10 @@ def _run_engine(name, cell, params, projected, states, mask, options):
     with tf.GradientTape() as tape:
         tape.watch(tf.nest.flatten(sources))
         outputs, last, final_states, traces = engines.ENGINES[name](
-            math.make_step_fn(cell.spec),
+            math.make_recurrence(cell.spec, project=False),
             params,
             projected,
             states,
-            output_size=cell.output_size,
             mask=mask,
             **options,
         )
@@ -157,7 +162,7 @@ def test_xla_equals_reference(
         go_backwards=go_backwards,
         return_sequences=return_sequences,
         zero_output_for_mask=zero_output_for_mask,
-        trace_sizes=cell.spec.trace_sizes if traces else None,
+        return_trace=traces,
     )
     expected = _run_engine("reference", cell, params, projected, states, mask, options)
     actual = _run_engine("xla", cell, params, projected, states, mask, options)
@@ -341,11 +346,10 @@ def test_xla_engine_unrolled_equals_reference(rng):
     @tf.function(input_signature=[tf.TensorSpec([2, None, 4], tf.float32)])
     def unrolled_dynamic_time(projected):
         return engines.ENGINES["xla"](
-            math.make_step_fn(fused.cell.spec),
+            math.make_recurrence(fused.cell.spec, project=False),
             {"weights": fused.cell.step_params()},
             projected,
             fused.cell.get_initial_state(2),
-            output_size=4,
             unroll=True,
         )[1]
 
@@ -386,17 +390,16 @@ def use_mode(monkeypatch, mode):
     (whole-sequence backward pass recomputing the products: a gradient of a
     loop that saved nothing); "feature-major": kept, with every per-step
     product of the engine run feature-major (large kernels)."""
-    xla = engines._xla
     # Functions compiled here, for this test only (the constants below are
-    # read when a function is traced).
+    # read, in the modules that use them, when a function is traced).
     monkeypatch.setattr(
-        xla, "_compiled", functools.lru_cache(maxsize=None)(xla._compiled.__wrapped__)
+        _xla, "_compiled", functools.lru_cache(maxsize=None)(_xla._compiled.__wrapped__)
     )
     kept = mode in ("kept", "feature-major")
-    monkeypatch.setattr(xla, "KEEP_SUMS_MAX_STEPS", 256 if kept else 0)
-    monkeypatch.setattr(xla, "SEGMENT_STEPS", 4)
+    monkeypatch.setattr(_xla_windows, "KEEP_SUMS_MAX_STEPS", 256 if kept else 0)
+    monkeypatch.setattr(_xla_windows, "SEGMENT_STEPS", 4)
     if mode == "recomputed":
-        monkeypatch.setattr(xla, "_segment", lambda cfg, inputs: None)
+        monkeypatch.setattr(_xla_windows, "segment", lambda cfg, inputs: None)
     if mode == "feature-major":
         use_feature_major(monkeypatch)
 
@@ -404,12 +407,13 @@ def use_mode(monkeypatch, mode):
 def use_feature_major(monkeypatch):
     """Every per-step product of the engine runs feature-major; returns the
     list that each such product, when traced, appends to."""
-    xla = engines._xla
     traced = []
-    original = xla._feature_major_matmul
-    monkeypatch.setattr(xla, "FEATURE_MAJOR_MIN_WEIGHTS", 1)
+    original = _xla_layouts.feature_major_matmul
+    monkeypatch.setattr(_xla_layouts, "FEATURE_MAJOR_MIN_WEIGHTS", 1)
     monkeypatch.setattr(
-        xla, "_feature_major_matmul", lambda *a: traced.append(1) or original(*a)
+        _xla_layouts,
+        "feature_major_matmul",
+        lambda *a: traced.append(1) or original(*a),
     )
     return traced
 
@@ -424,7 +428,7 @@ def test_batch_shards_equal_reference(rng, monkeypatch, core, mode):
     # per-example params (a recurrent dropout mask), masks, initial states,
     # traces and go_backwards are split with the batch and put back in order,
     # in every mode of the loops (7 steps: a full window and a partial one).
-    monkeypatch.setattr(engines._xla, "shard_count", lambda batch=None: 3)
+    monkeypatch.setattr(_xla, "shard_count", lambda batch=None: 3)
     use_mode(monkeypatch, mode)
     cell = _random_cell(
         rng, core, 4, 2, None, attention=core == "gru", residual=core == "lstm"
@@ -444,7 +448,7 @@ def test_batch_shards_equal_reference(rng, monkeypatch, core, mode):
     options = dict(
         go_backwards=core != "simple",
         return_sequences=True,
-        trace_sizes=cell.spec.trace_sizes,
+        return_trace=True,
     )
     expected = _run_engine("reference", cell, params, projected, states, mask, options)
     actual = _run_engine(
@@ -463,10 +467,10 @@ def test_batch_shards_equal_reference(rng, monkeypatch, core, mode):
 
 
 def test_shard_count_follows_batch_and_devices():
-    cores = engines._xla._cores()
-    assert engines._xla.shard_count(1) == 1
-    assert engines._xla.shard_count(8 * cores) == min(cores, engines._xla.MAX_SHARDS)
-    assert 1 <= engines._xla.shard_count(None) <= engines._xla.MAX_SHARDS
+    cores = _xla_shards.cores()
+    assert _xla.shard_count(1) == 1
+    assert _xla.shard_count(8 * cores) == min(cores, _xla.MAX_SHARDS)
+    assert 1 <= _xla.shard_count(None) <= _xla.MAX_SHARDS
 
 
 def test_gradient_of_a_function_traced_without_tape(rng):
@@ -502,12 +506,13 @@ def test_layer_by_windows_equals_reference(rng, monkeypatch, core, feature_major
     # time axis, with the per-step products batch- or feature-major.
     use_mode(monkeypatch, "windows")
     feature_major_products = use_feature_major(monkeypatch) if feature_major else []
-    xla = engines._xla
     traced = []
-    for name in ("_forward_windows", "_backward_windows"):
-        original = getattr(xla, name)
+    for name in ("forward_windows", "backward_windows"):
+        original = getattr(_xla_windows, name)
         monkeypatch.setattr(
-            xla, name, lambda *a, f=original, n=name: traced.append(n) or f(*a)
+            _xla_windows,
+            name,
+            lambda *a, f=original, n=name: traced.append(n) or f(*a),
         )
     x = tf.constant(rng.standard_normal((5, 11, 3)), tf.float32)
     mask = tf.constant(rng.random((5, 11)) < 0.8)
@@ -533,7 +538,7 @@ def test_layer_by_windows_equals_reference(rng, monkeypatch, core, feature_major
         _assert_close(actual, y_ref)
         for a, e in zip(grads, g_ref):
             _assert_close(a, e)
-    assert {"_forward_windows", "_backward_windows"} <= set(traced)
+    assert {"forward_windows", "backward_windows"} <= set(traced)
     assert bool(feature_major_products) == feature_major
 
 
@@ -543,12 +548,11 @@ def test_weight_gradients_without_input_gradient(rng, monkeypatch, mode):
     # training): the backward pass skips the inputs' gradient, and the
     # weights' gradients still equal the reference engine's.
     use_mode(monkeypatch, mode)
-    xla = engines._xla
     wanted = []
-    original = xla._projection_vjp
+    original = _xla_reverse.projection_vjp
     monkeypatch.setattr(
-        xla,
-        "_projection_vjp",
+        _xla_reverse,
+        "projection_vjp",
         lambda cfg, *a: wanted.append(cfg.input_gradient) or original(cfg, *a),
     )
     x = tf.constant(rng.standard_normal((4, 9, 3)), tf.float32)
@@ -562,3 +566,95 @@ def test_weight_gradients_without_input_gradient(rng, monkeypatch, mode):
     for a, e in zip(grads[1], grads[0]):
         _assert_close(a, e)
     assert wanted and not any(wanted)
+
+
+EMPTY_CASES = [
+    # (core, batch, time, dynamic shapes, loop mode, unroll)
+    ("lstm", 3, 0, False, "kept", False),
+    ("gru", 3, 0, False, "kept", True),
+    ("simple", 3, 0, True, "windows", False),
+    ("gru", 3, 0, True, "recomputed", False),
+    ("lstm", 0, 5, False, "kept", False),
+    ("gru", 0, 5, True, "windows", False),
+    ("simple", 0, 5, True, "recomputed", False),
+    ("gru", 0, 0, False, "kept", False),
+    ("lstm", 0, 0, True, "windows", False),
+]
+
+
+@pytest.mark.parametrize("project", [False, True], ids=["projected", "project"])
+@pytest.mark.parametrize(
+    "core, batch, time, dynamic, mode, unroll",
+    EMPTY_CASES,
+    ids=[
+        f"{c}-B{b}-T{t}-{'dynamic' if d else 'static'}-{m}{'-unrolled' if u else ''}"
+        for c, b, t, d, m, u in EMPTY_CASES
+    ],
+)
+def test_empty_time_or_batch_equals_reference(
+    rng, monkeypatch, core, batch, time, dynamic, mode, unroll, project
+):
+    # No step (T=0) or no row (B=0), static or dynamic shapes, in every mode
+    # of the loops: the fused engine returns what the reference engine
+    # returns (no outputs, zero last outputs, the initial states when no step
+    # runs) with the same gradients (the initial states' pass through).
+    use_mode(monkeypatch, mode)
+    cell = _random_cell(rng, core, 4, 2, None, attention=True)
+    recurrence = math.make_recurrence(cell.spec, project=project)
+    width = 3 if project else cell.spec.gates * 4
+    inputs = tf.constant(rng.standard_normal((batch, time, width)), tf.float32)
+    states = [
+        tf.constant(rng.standard_normal((batch, size)), tf.float32)
+        for size in cell.state_size
+    ]
+    mask = tf.constant(rng.random((batch, time)) < 0.7)
+    params = {"weights": cell.step_params()}
+
+    def run(engine, inputs, states, mask):
+        sources = [inputs, states, params]
+        with tf.GradientTape() as tape:
+            tape.watch(tf.nest.flatten(sources))
+            outputs, last, final_states, traces = engine(
+                recurrence,
+                params,
+                inputs,
+                states,
+                mask=mask,
+                go_backwards=core != "lstm",
+                unroll=unroll,
+                return_trace=True,
+            )
+            results = [outputs, last] + final_states
+            results += [traces[k] for k in sorted(traces)]
+            loss = sum(
+                tf.reduce_sum(r * tf.cos(tf.range(r.shape[-1], dtype=tf.float32)))
+                for r in results
+            )
+        grads = tf.nest.flatten(tape.gradient(loss, sources))
+        grads = [
+            tf.zeros_like(s) if g is None else g
+            for g, s in zip(grads, tf.nest.flatten(sources))
+        ]
+        return results, grads
+
+    calls = {e: functools.partial(run, e) for e in (_xla.run, _reference.run)}
+    if dynamic:
+        signature = [
+            tf.TensorSpec([None, None, width], tf.float32),
+            [tf.TensorSpec([None, size], tf.float32) for size in cell.state_size],
+            tf.TensorSpec([None, None], tf.bool),
+        ]
+        calls = {e: tf.function(f, input_signature=signature) for e, f in calls.items()}
+    actual = calls[_xla.run](inputs, states, mask)
+    expected = calls[_reference.run](inputs, states, mask)
+    for kind in (0, 1):  # results, then gradients
+        assert len(actual[kind]) == len(expected[kind])
+        for a, e in zip(actual[kind], expected[kind]):
+            _assert_close(a, e)
+    (outputs, last, *final_states), _ = actual
+    assert outputs.shape == (batch, time, cell.output_size)
+    assert last.shape == (batch, cell.output_size)
+    if time == 0:
+        assert not np.any(last)
+        for a, e in zip(final_states, states):
+            np.testing.assert_array_equal(a, e)

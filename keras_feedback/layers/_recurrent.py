@@ -12,12 +12,23 @@ import contextlib
 import contextvars
 import inspect
 
+from typing import Any
+from typing import List
+from typing import Mapping
+from typing import Optional
+from typing import Sequence
+from typing import Tuple
+from typing import Union
+
 import keras
 import numpy as np
 import tensorflow as tf
 
 from keras_feedback import engine as engines
 from keras_feedback.engine import _masking
+
+# What the public methods take as a tensor: a tf.Tensor, a numpy array, ...
+TensorLike = Any
 
 _PURE = contextvars.ContextVar("keras_feedback_pure_calls", default=False)
 
@@ -149,7 +160,7 @@ class FeedbackRNN(keras.layers.Layer):
         """The shape of one step's output, without the batch."""
         return self.cell.output_shape(None, (), self.cell.spec.output_size)
 
-    def get_initial_state(self, batch_size):
+    def get_initial_state(self, batch_size: Union[int, tf.Tensor]) -> List[tf.Tensor]:
         """Zero states for ``batch_size`` rows, in the order of
         ``state_names``, each of the shape ``step`` takes."""
         return [
@@ -157,7 +168,10 @@ class FeedbackRNN(keras.layers.Layer):
             for shape in self.cell.state_shapes
         ]
 
-    def reset_state(self, states=None):
+    def reset_state(
+        self,
+        states: Union[None, Sequence[TensorLike], Mapping[str, TensorLike]] = None,
+    ) -> None:
         """Zeroes the states of a stateful layer, or sets them to ``states``."""
         if not self.stateful:
             raise ValueError("reset_state() needs a layer built with stateful=True")
@@ -329,7 +343,14 @@ class FeedbackRNN(keras.layers.Layer):
             result.append({k: cell.from_engine(v, sizes[k]) for k, v in traces.items()})
         return result[0] if len(result) == 1 else tuple(result)
 
-    def step(self, inputs, states, mask=None, training=False, previous_output=None):
+    def step(
+        self,
+        inputs: TensorLike,
+        states: Union[Sequence[TensorLike], Mapping[str, TensorLike]],
+        mask: Optional[TensorLike] = None,
+        training: bool = False,
+        previous_output: Optional[TensorLike] = None,
+    ) -> Tuple[tf.Tensor, List[tf.Tensor]]:
         """One time step, with explicit states: the way to stream in Python.
 
         Running ``step`` over the steps of a sequence, feeding each call the
