@@ -376,9 +376,7 @@ def main(argv=None):
         "|--------------|----------------------|-------|"
     )
     for core in args.cores:
-        keras_first, keras_steady = peak_memory(
-            "keras", core, args.memory_units, args
-        )
+        keras_first, keras_steady = peak_memory("keras", core, args.memory_units, args)
         first, steady = peak_memory("feedback_off", core, args.memory_units, args)
         print(
             f"| {core:6} | {keras_first / 2**20:11.1f} | {first / 2**20:19.1f} "

@@ -43,8 +43,9 @@ def _fit(model, train, test, steps, learning_rate, loss):
     model.compile(keras.optimizers.Adam(learning_rate, clipnorm=1.0), loss)
     epochs = max(1, steps // 500)
     start = time.perf_counter()
-    model.fit(train, steps_per_epoch=steps // epochs, epochs=epochs,
-              shuffle=False, verbose=2)
+    model.fit(
+        train, steps_per_epoch=steps // epochs, epochs=epochs, shuffle=False, verbose=2
+    )
     seconds = time.perf_counter() - start
     return float(model.evaluate(test, verbose=0)), seconds
 
@@ -54,20 +55,23 @@ def copy_memory(args):
     train, test, task = _data(
         f"copy_memory/delay{args.delay}", args.data_dir, args.batch_size, True
     )
-    model = keras.Sequential([
-        keras.Input((task.time_steps, task.input_size)),
-        keras_feedback.layers.Feedback(
-            args.units, feedback_units=args.feedback_units, core="gru",
-            return_sequences=True,
-        ),
-        keras.layers.Dense(task.num_classes, activation="softmax"),
-    ])
-    loss, seconds = _fit(model, train, test, args.steps, args.learning_rate,
-                         task.loss)
+    model = keras.Sequential(
+        [
+            keras.Input((task.time_steps, task.input_size)),
+            keras_feedback.layers.Feedback(
+                args.units,
+                feedback_units=args.feedback_units,
+                core="gru",
+                return_sequences=True,
+            ),
+            keras.layers.Dense(task.num_classes, activation="softmax"),
+        ]
+    )
+    loss, seconds = _fit(model, train, test, args.steps, args.learning_rate, task.loss)
     return {
         "task": task.name,
         "model": f"Feedback(gru, units={args.units}, "
-                 f"feedback_units={args.feedback_units})",
+        f"feedback_units={args.feedback_units})",
         "parameters": model.count_params(),
         "steps": args.steps,
         "batch_size": args.batch_size,
@@ -81,8 +85,10 @@ def copy_memory(args):
 
 def _lstm_units_matching(parameters, features):
     """LSTM units whose model (LSTM + Dense(1)) is nearest ``parameters``."""
+
     def count(units):
         return 4 * units * (features + units + 1) + units + 1
+
     return min(range(1, 1024), key=lambda u: abs(count(u) - parameters))
 
 
@@ -94,24 +100,32 @@ def adding_vs_lstm(args):
         train, test, task = _data(name, args.data_dir, args.batch_size)
         if kind == "Feedback":
             layer = keras_feedback.layers.Feedback(
-                args.units, feedback_units=args.feedback_units, core="gru",
+                args.units,
+                feedback_units=args.feedback_units,
+                core="gru",
                 attention=True,
             )
-            description = (f"Feedback(gru, units={args.units}, feedback_units="
-                           f"{args.feedback_units}, attention)")
+            description = (
+                f"Feedback(gru, units={args.units}, feedback_units="
+                f"{args.feedback_units}, attention)"
+            )
         else:
-            units = _lstm_units_matching(results["Feedback"]["parameters"],
-                                         task.input_size)
+            units = _lstm_units_matching(
+                results["Feedback"]["parameters"], task.input_size
+            )
             layer = keras.layers.LSTM(units)
             description = f"keras.layers.LSTM({units})"
-        model = keras.Sequential([
-            keras.Input((task.time_steps, task.input_size)),
-            layer,
-            keras.layers.Dense(1),
-            keras.layers.Reshape(()),
-        ])
-        mse, seconds = _fit(model, train, test, args.steps, args.learning_rate,
-                            task.loss)
+        model = keras.Sequential(
+            [
+                keras.Input((task.time_steps, task.input_size)),
+                layer,
+                keras.layers.Dense(1),
+                keras.layers.Reshape(()),
+            ]
+        )
+        mse, seconds = _fit(
+            model, train, test, args.steps, args.learning_rate, task.loss
+        )
         results[kind] = {
             "model": description,
             "parameters": model.count_params(),
@@ -147,8 +161,10 @@ def main(argv=None):
     adding.add_argument("--learning-rate", type=float, default=3e-3)
     for p in (copy, adding):
         p.add_argument("--seed", type=int, default=0)
-        p.add_argument("--data-dir", default=os.path.join(
-            "keras_feedback_out", "tensorflow_datasets"))
+        p.add_argument(
+            "--data-dir",
+            default=os.path.join("keras_feedback_out", "tensorflow_datasets"),
+        )
         p.add_argument("--json", default=None, help="write the results here")
     args = parser.parse_args(argv)
     run = copy_memory if args.experiment == "copy-memory" else adding_vs_lstm

@@ -22,8 +22,10 @@ def _default_corpus(folder):
     """keras_feedback's Python source as one .txt file in ``folder``."""
     root = os.path.dirname(keras_feedback.__file__)
     sources = sorted(
-        os.path.join(d, f) for d, _, files in os.walk(root)
-        for f in files if f.endswith(".py")
+        os.path.join(d, f)
+        for d, _, files in os.walk(root)
+        for f in files
+        if f.endswith(".py")
     )
     os.makedirs(folder, exist_ok=True)
     with open(os.path.join(folder, "keras_feedback_source.txt"), "wb") as out:
@@ -47,8 +49,11 @@ def _sample(model, prompt, length, window, rng, temperature=0.7):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--text-dir", default=None,
-                        help="folder of .txt files (default: keras_feedback's source)")
+    parser.add_argument(
+        "--text-dir",
+        default=None,
+        help="folder of .txt files (default: keras_feedback's source)",
+    )
     parser.add_argument("--length", type=int, default=128, choices=[64, 128, 256])
     parser.add_argument("--steps", type=int, default=3000, help="training steps")
     parser.add_argument("--batch-size", type=int, default=32)
@@ -72,24 +77,36 @@ def main(argv=None):
     train, task = keras_feedback.datasets.load(name, "train", shuffle=True, **load)
     test, _ = keras_feedback.datasets.load(name, "test", **load)
 
-    model = keras.Sequential([
-        keras.Input((None,), dtype="int32"),
-        keras.layers.Embedding(task.input_size, 32),
-        keras_feedback.layers.Feedback(
-            args.units, feedback_units=args.feedback_units, core="gru",
-            return_sequences=True,
-        ),
-        keras.layers.Dense(task.num_classes, activation="softmax"),
-    ])
-    model.compile(keras.optimizers.Adam(3e-3, clipnorm=1.0),
-                  "sparse_categorical_crossentropy")
+    model = keras.Sequential(
+        [
+            keras.Input((None,), dtype="int32"),
+            keras.layers.Embedding(task.input_size, 32),
+            keras_feedback.layers.Feedback(
+                args.units,
+                feedback_units=args.feedback_units,
+                core="gru",
+                return_sequences=True,
+            ),
+            keras.layers.Dense(task.num_classes, activation="softmax"),
+        ]
+    )
+    model.compile(
+        keras.optimizers.Adam(3e-3, clipnorm=1.0), "sparse_categorical_crossentropy"
+    )
     before = model.evaluate(test, verbose=0)
     epochs = max(1, args.steps // 500)
-    model.fit(train.repeat(), steps_per_epoch=max(1, args.steps // epochs),
-              epochs=epochs, shuffle=False, verbose=2)
+    model.fit(
+        train.repeat(),
+        steps_per_epoch=max(1, args.steps // epochs),
+        epochs=epochs,
+        shuffle=False,
+        verbose=2,
+    )
     after = model.evaluate(test, verbose=0)
-    print(f"test bits per character: before {before / np.log(2):.3f}, "
-          f"after {after / np.log(2):.3f}")
+    print(
+        f"test bits per character: before {before / np.log(2):.3f}, "
+        f"after {after / np.log(2):.3f}"
+    )
     text = _sample(model, "def ", args.sample, args.length, np.random.default_rng(0))
     print("sample:\n" + text)
     return {"loss_before": before, "loss_after": after, "sample": text}

@@ -37,41 +37,67 @@ PAUSED = "paused"  # marker file of the worker that waits to be killed
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--workers", type=int, default=2,
-                        help="worker processes to start on 127.0.0.1")
+    parser.add_argument(
+        "--workers", type=int, default=2, help="worker processes to start on 127.0.0.1"
+    )
     parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--steps-per-epoch", type=int, default=4,
-                        help="batches per epoch (the dataset's length)")
-    parser.add_argument("--global-batch", type=int, default=8,
-                        help="examples per step over all workers")
-    parser.add_argument("--learning-rate", type=float, default=0.1,
-                        help="SGD learning rate")
+    parser.add_argument(
+        "--steps-per-epoch",
+        type=int,
+        default=4,
+        help="batches per epoch (the dataset's length)",
+    )
+    parser.add_argument(
+        "--global-batch", type=int, default=8, help="examples per step over all workers"
+    )
+    parser.add_argument(
+        "--learning-rate", type=float, default=0.1, help="SGD learning rate"
+    )
     parser.add_argument("--time-steps", type=int, default=12)
     parser.add_argument("--units", type=int, default=8)
     parser.add_argument("--feedback-units", type=int, default=4)
-    parser.add_argument("--engine", default="auto",
-                        help="recurrence engine: auto (= xla), xla, reference")
+    parser.add_argument(
+        "--engine",
+        default="auto",
+        help="recurrence engine: auto (= xla), xla, reference",
+    )
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", default=os.path.join(
-        "keras_feedback_out", "distributed"), help="output folder")
-    parser.add_argument("--timeout", type=float, default=300,
-                        help="seconds to wait for the workers")
-    parser.add_argument("--simulate-failure", type=int, default=None,
-                        metavar="STEP", help="kill a worker at this step, "
-                        "then restart all workers")
-    parser.add_argument("--single-device", action="store_true",
-                        help="train in this process on one device instead")
-    parser.add_argument("--worker", action="store_true",
-                        help="run as one worker (TF_CONFIG from the environment)")
-    parser.add_argument("--pause-at-step", type=int, default=None,
-                        help=argparse.SUPPRESS)
-    parser.add_argument("--pause-task", type=int, default=None,
-                        help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--out",
+        default=os.path.join("keras_feedback_out", "distributed"),
+        help="output folder",
+    )
+    parser.add_argument(
+        "--timeout", type=float, default=300, help="seconds to wait for the workers"
+    )
+    parser.add_argument(
+        "--simulate-failure",
+        type=int,
+        default=None,
+        metavar="STEP",
+        help="kill a worker at this step, then restart all workers",
+    )
+    parser.add_argument(
+        "--single-device",
+        action="store_true",
+        help="train in this process on one device instead",
+    )
+    parser.add_argument(
+        "--worker",
+        action="store_true",
+        help="run as one worker (TF_CONFIG from the environment)",
+    )
+    parser.add_argument(
+        "--pause-at-step", type=int, default=None, help=argparse.SUPPRESS
+    )
+    parser.add_argument("--pause-task", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     last = args.epochs * args.steps_per_epoch
     if args.simulate_failure is not None and not 0 < args.simulate_failure < last:
-        parser.error(f"--simulate-failure must be a step in 1..{last - 1}, "
-                     f"got {args.simulate_failure}")
+        parser.error(
+            f"--simulate-failure must be a step in 1..{last - 1}, "
+            f"got {args.simulate_failure}"
+        )
     return args
 
 
@@ -113,14 +139,18 @@ def build_model(args):
     by the number of replicas, and skips that division, which would multiply
     the gradients by the number of replicas (docs/distributed.md).
     """
-    model = keras.Sequential([
-        keras.Input((args.time_steps, 2)),
-        keras_feedback.layers.Feedback(
-            args.units, feedback_units=args.feedback_units, core="gru",
-            engine=args.engine,
-        ),
-        keras.layers.Dense(1),
-    ])
+    model = keras.Sequential(
+        [
+            keras.Input((args.time_steps, 2)),
+            keras_feedback.layers.Feedback(
+                args.units,
+                feedback_units=args.feedback_units,
+                core="gru",
+                engine=args.engine,
+            ),
+            keras.layers.Dense(1),
+        ]
+    )
     model.compile(keras.optimizers.SGD(args.learning_rate), "mse")
     return model
 
@@ -137,13 +167,15 @@ def train(args, strategy):
     dataset = tf_dataset(*make_data(args), args.global_batch)
     with strategy.scope():
         model = build_model(args)
-    callbacks = [distribute.backup_and_restore(
-        os.path.join(args.out, "backup"), strategy)]
+    callbacks = [
+        distribute.backup_and_restore(os.path.join(args.out, "backup"), strategy)
+    ]
     if args.pause_at_step is not None and args.pause_task == task_id:
         marker = os.path.join(args.out, PAUSED)
         callbacks.append(PauseAt(args.pause_at_step, marker))
-    history = model.fit(dataset, epochs=args.epochs, shuffle=False,
-                        callbacks=callbacks, verbose=2)
+    history = model.fit(
+        dataset, epochs=args.epochs, shuffle=False, callbacks=callbacks, verbose=2
+    )
     folder = os.path.join(args.out, task)
     os.makedirs(folder, exist_ok=True)
     np.savez(os.path.join(folder, "weights.npz"), *model.get_weights())
@@ -180,13 +212,15 @@ def start_workers(argv, configs, out, extra=()):
     for config in configs:
         task = config["task"]
         log = open(os.path.join(logs, f"{task['type']}-{task['index']}.log"), "a")
-        env = dict(os.environ, TF_CONFIG=json.dumps(config),
-                   TF_CPP_MIN_LOG_LEVEL="2")
-        processes.append(subprocess.Popen(
-            [sys.executable, os.path.abspath(__file__), *argv, "--worker",
-             *extra],
-            env=env, stdout=log, stderr=subprocess.STDOUT,
-        ))
+        env = dict(os.environ, TF_CONFIG=json.dumps(config), TF_CPP_MIN_LOG_LEVEL="2")
+        processes.append(
+            subprocess.Popen(
+                [sys.executable, os.path.abspath(__file__), *argv, "--worker", *extra],
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        )
         log.close()
     return processes
 
@@ -232,9 +266,7 @@ def wait_workers(processes, out, timeout, until=None):
             if all(c == 0 for c in codes):
                 return
             if time.monotonic() > deadline:
-                raise TimeoutError(
-                    f"the workers did not finish within {timeout:.0f} s"
-                )
+                raise TimeoutError(f"the workers did not finish within {timeout:.0f} s")
             time.sleep(0.1)
     except BaseException:
         kill_all(processes)
@@ -251,15 +283,21 @@ def run_cluster(argv, args):
         os.remove(marker)
     extra = ()
     if args.simulate_failure is not None:
-        extra = ("--pause-at-step", str(args.simulate_failure),
-                 "--pause-task", str(args.workers - 1))
+        extra = (
+            "--pause-at-step",
+            str(args.simulate_failure),
+            "--pause-task",
+            str(args.workers - 1),
+        )
     processes = start_workers(argv, configs, args.out, extra)
     try:
         if args.simulate_failure is not None:
             wait_workers(processes, args.out, args.timeout, until=marker)
             os.kill(processes[-1].pid, signal.SIGKILL)
-            print(f"worker {args.workers - 1} killed at step "
-                  f"{args.simulate_failure}; restarting all workers")
+            print(
+                f"worker {args.workers - 1} killed at step "
+                f"{args.simulate_failure}; restarting all workers"
+            )
             kill_all(processes)
             processes = start_workers(argv, configs, args.out)
         wait_workers(processes, args.out, args.timeout)
@@ -279,10 +317,12 @@ def main(argv=None):
         print(json.dumps(summary))
         return summary
     summary = run_cluster(argv, args)
-    print(f"{args.workers} workers, {summary['replicas']} replicas, "
-          f"{summary['iterations']} steps; loss per epoch of the last run: "
-          + ", ".join(f"{v:.5f}" for v in summary["loss"])
-          + f"; worker logs in {os.path.join(args.out, 'logs')}")
+    print(
+        f"{args.workers} workers, {summary['replicas']} replicas, "
+        f"{summary['iterations']} steps; loss per epoch of the last run: "
+        + ", ".join(f"{v:.5f}" for v in summary["loss"])
+        + f"; worker logs in {os.path.join(args.out, 'logs')}"
+    )
     return summary
 
 

@@ -47,8 +47,10 @@ def main(argv=None):
     tracer.set_weights(model.layers[0].get_weights())
     _, trace = tracer(x[:1])
     for name, values in trace.items():
-        print(f"trace[{name!r}]: shape {tuple(values.shape)}, "
-              f"mean over time {float(values.numpy().mean()):.3f}")
+        print(
+            f"trace[{name!r}]: shape {tuple(values.shape)}, "
+            f"mean over time {float(values.numpy().mean()):.3f}"
+        )
     return 0
 
 

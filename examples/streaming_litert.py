@@ -22,14 +22,19 @@ import keras_feedback
 
 
 def _model(task, units, feedback_units, return_sequences=False):
-    return keras.Sequential([
-        keras.Input((None, task.input_size), name="x"),
-        keras_feedback.layers.Feedback(
-            units, feedback_units=feedback_units, core="gru",
-            return_sequences=return_sequences, name="feedback",
-        ),
-        keras.layers.Dense(1, name="y"),
-    ])
+    return keras.Sequential(
+        [
+            keras.Input((None, task.input_size), name="x"),
+            keras_feedback.layers.Feedback(
+                units,
+                feedback_units=feedback_units,
+                core="gru",
+                return_sequences=return_sequences,
+                name="feedback",
+            ),
+            keras.layers.Dense(1, name="y"),
+        ]
+    )
 
 
 def main(argv=None):
@@ -39,11 +44,16 @@ def main(argv=None):
     parser.add_argument("--units", type=int, default=32)
     parser.add_argument("--feedback-units", type=int, default=8)
     parser.add_argument("--quantization", choices=["none", "int8"], default="none")
-    parser.add_argument("--max-examples", type=int, default=None,
-                        help="use at most this many examples per split")
+    parser.add_argument(
+        "--max-examples",
+        type=int,
+        default=None,
+        help="use at most this many examples per split",
+    )
     parser.add_argument("--data-dir", default=None, help="TFDS data folder")
-    parser.add_argument("--out",
-                        default=os.path.join("keras_feedback_out", "streaming"))
+    parser.add_argument(
+        "--out", default=os.path.join("keras_feedback_out", "streaming")
+    )
     args = parser.parse_args(argv)
 
     keras.utils.set_random_seed(0)
@@ -57,16 +67,20 @@ def main(argv=None):
     )
     model = _model(task, args.units, args.feedback_units)
     model.compile(keras.optimizers.Adam(3e-3, clipnorm=1.0), "mse")
-    model.fit(train.repeat(), steps_per_epoch=args.steps, epochs=1,
-              shuffle=False, verbose=2)
+    model.fit(
+        train.repeat(), steps_per_epoch=args.steps, epochs=1, shuffle=False, verbose=2
+    )
 
     x, y = next(iter(test))
     x, y = x.numpy(), y.numpy()
     quantization = None if args.quantization == "none" else args.quantization
     path = keras_feedback.export.export_litert(
-        model, os.path.join(args.out, f"step_{args.quantization}.tflite"),
-        streaming=True, quantization=quantization,
-        representative_data=x if quantization else None, overwrite=True,
+        model,
+        os.path.join(args.out, f"step_{args.quantization}.tflite"),
+        streaming=True,
+        quantization=quantization,
+        representative_data=x if quantization else None,
+        overwrite=True,
     )
 
     # The app's side: the interpreter, one step per call, states fed back.
@@ -74,7 +88,8 @@ def main(argv=None):
     state_names = [n for n in runner.get_input_details() if n != "x"]
     states = {
         n: np.zeros((len(x), d["shape_signature"][-1]), np.float32)
-        for n, d in runner.get_input_details().items() if n in state_names
+        for n, d in runner.get_input_details().items()
+        if n in state_names
     }
     streamed, seconds = [], []
     for t in range(x.shape[1]):
@@ -93,10 +108,14 @@ def main(argv=None):
     print(f"{path}: {os.path.getsize(path) / 1024:.1f} KiB, states {state_names}")
     print(f"max |LiteRT stream - Keras| over {x.shape[1]} steps: {error:.2e}")
     print(f"median latency per step: {1e3 * np.median(seconds[1:]):.4f} ms")
-    print(f"last step: LiteRT {np.round(streamed[:, -1], 3)}, "
-          f"target {np.round(y, 3)}")
-    return {"max_abs_error": error, "streamed": streamed, "expected": expected,
-            "final": streamed[:, -1], "keras_final": model.predict(x, verbose=0)[:, 0]}
+    print(f"last step: LiteRT {np.round(streamed[:, -1], 3)}, target {np.round(y, 3)}")
+    return {
+        "max_abs_error": error,
+        "streamed": streamed,
+        "expected": expected,
+        "final": streamed[:, -1],
+        "keras_final": model.predict(x, verbose=0)[:, 0],
+    }
 
 
 if __name__ == "__main__":

@@ -4,8 +4,8 @@ The public API is what the namespace packages re-export:
 ``keras_feedback.layers``, ``keras_feedback.activations``.
 """
 
-from keras_feedback.version import __version__
 from keras_feedback import _backend_check
+from keras_feedback.version import __version__
 
 _backend_check.require_tensorflow_backend()
 

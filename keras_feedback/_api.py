@@ -30,9 +30,7 @@ def public(path, serializable=None):
     def decorator(symbol):
         register = isinstance(symbol, type) if serializable is None else serializable
         if register:
-            keras.saving.register_keras_serializable(package=PACKAGE, name=name)(
-                symbol
-            )
+            keras.saving.register_keras_serializable(package=PACKAGE, name=name)(symbol)
         PUBLIC_SYMBOLS[path] = symbol
         return symbol
 

@@ -22,7 +22,10 @@ def weights_by_name(layer):
 def randomise(layer, rng, scale=0.5):
     """Sets every weight of ``layer`` to ``scale`` times a standard normal."""
     layer.set_weights(
-        [scale * rng.standard_normal(w.shape).astype(w.dtype) for w in layer.get_weights()]
+        [
+            scale * rng.standard_normal(w.shape).astype(w.dtype)
+            for w in layer.get_weights()
+        ]
     )
 
 

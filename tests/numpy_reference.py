@@ -31,7 +31,7 @@ def feedback_step(w, x, h, carry, c, cfg):
     rec_act = ACTIVATIONS[cfg.get("recurrent_activation", "sigmoid")]
     fb_act = ACTIVATIONS[cfg.get("feedback_activation", "sigmoid")]
     out_act = ACTIVATIONS[cfg.get("output_activation")]
-    core, units = cfg["core"], cfg["units"]
+    core = cfg["core"]
     fb = cfg["feedback_units"]
     bias = w.get("bias")
     xin = x @ w["kernel"]
@@ -114,7 +114,5 @@ def feedback_sequence(w, xs, cfg, mask=None, initial=None, go_backwards=False):
         trace["c"].append(c)
         trace["alpha"].append(alpha)
     states = [s for s in (h, carry, c) if s is not None]
-    trace = {
-        k: np.stack(v, 1) for k, v in trace.items() if v and v[0] is not None
-    }
+    trace = {k: np.stack(v, 1) for k, v in trace.items() if v and v[0] is not None}
     return np.stack(outputs, 1), states, trace

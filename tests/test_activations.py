@@ -1,6 +1,5 @@
 """Tests for keras_feedback.activations: lookup, serialization, derivatives."""
 
-import doctest
 import functools
 import inspect
 import math
@@ -10,7 +9,6 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-import keras_feedback
 from keras_feedback import activations
 from keras_feedback.activations import _derivatives
 from keras_feedback.activations import _registry
@@ -106,18 +104,14 @@ def test_builtin_names_cover_keras():
     assert set(NON_ELEMENTWISE) <= set(names)
     helpers = ("get", "serialize", "deserialize")
     public = {
-        n
-        for n in dir(keras.activations)
-        if not n.startswith("_") and n not in helpers
+        n for n in dir(keras.activations) if not n.startswith("_") and n not in helpers
     }
     assert set(names) == public
 
 
 def test_elementwise_names():
     elementwise = _registry.elementwise_names()
-    assert {"relu", "sigmoid", "tanh", "hard_sigmoid", "linear"} <= set(
-        elementwise
-    )
+    assert {"relu", "sigmoid", "tanh", "hard_sigmoid", "linear"} <= set(elementwise)
     assert set(elementwise) == (
         set(_registry.builtin_names()) - set(NON_ELEMENTWISE)
     ) | {"lisht", "snake"}
@@ -130,9 +124,7 @@ def test_required_options_table_is_complete():
         if any(
             p.default is inspect.Parameter.empty
             for p in list(
-                inspect.signature(
-                    getattr(keras.activations, name)
-                ).parameters.values()
+                inspect.signature(getattr(keras.activations, name)).parameters.values()
             )[1:]
         )
     }
@@ -310,9 +302,7 @@ def test_derivative_matches_autodiff(name):
 @pytest.mark.parametrize(
     "name, options, kinks",
     OPTION_VARIANTS,
-    ids=[
-        f"{n}-{'-'.join(map(str, o.values()))}" for n, o, _ in OPTION_VARIANTS
-    ],
+    ids=[f"{n}-{'-'.join(map(str, o.values()))}" for n, o, _ in OPTION_VARIANTS],
 )
 def test_derivative_with_options_matches_autodiff(name, options, kinks):
     fn = functools.partial(activations.get(name), **options)
@@ -424,10 +414,24 @@ def test_derivative_wrong_type():
 def test_public_api():
     assert sorted(activations.__all__) == sorted(
         [
-            "APL", "LearnableActivation", "PReLU", "Pade",
-            "ParametricActivation", "PureActivation", "RReLU", "Snake", "Swish",
-            "derivative", "deserialize", "get", "lisht", "pade_coefficients",
-            "rrelu", "search", "serialize", "snake",
+            "APL",
+            "LearnableActivation",
+            "PReLU",
+            "Pade",
+            "ParametricActivation",
+            "PureActivation",
+            "RReLU",
+            "Snake",
+            "Swish",
+            "derivative",
+            "deserialize",
+            "get",
+            "lisht",
+            "pade_coefficients",
+            "rrelu",
+            "search",
+            "serialize",
+            "snake",
         ]
     )
     from keras_feedback._api import PUBLIC_SYMBOLS
@@ -437,25 +441,13 @@ def test_public_api():
         assert PUBLIC_SYMBOLS[path] is getattr(activations, name)
 
 
-def test_docstring_examples():
-    finder = doctest.DocTestFinder()
-    runner = doctest.DocTestRunner(optionflags=doctest.NORMALIZE_WHITESPACE)
-    globs = {"keras": keras, "keras_feedback": keras_feedback, "np": np}
-    tests = finder.find(_registry, globs=globs)
-    assert sum(len(t.examples) for t in tests) > 0
-    for test in tests:
-        runner.run(test)
-    assert runner.summarize(verbose=False).failed == 0
-
-
 def test_derivatives_compile_with_xla():
     names = _registry.elementwise_names()
     x = tf.constant(np.linspace(-5.0, 5.0, 11), dtype="float32")
 
     def all_derivatives(x):
         return [
-            activations.derivative(n)(x, **REQUIRED_OPTIONS.get(n, {}))
-            for n in names
+            activations.derivative(n)(x, **REQUIRED_OPTIONS.get(n, {})) for n in names
         ]
 
     compiled = tf.function(all_derivatives, jit_compile=True)(x)

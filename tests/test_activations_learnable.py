@@ -721,22 +721,3 @@ def test_registry_names_of_the_library():
         "apl",
     } <= names
     assert keras_feedback.activations.search is activations.search
-
-
-def test_docstring_examples():
-    import doctest
-
-    from keras_feedback.activations import _extras
-    from keras_feedback.activations import _learnable
-    from keras_feedback.activations import _pade
-    from keras_feedback.activations import _units
-
-    runner = doctest.DocTestRunner(optionflags=doctest.NORMALIZE_WHITESPACE)
-    globs = {"keras": keras, "keras_feedback": keras_feedback, "np": np}
-    examples = 0
-    for module in (_extras, _learnable, _pade, _units):
-        for test in doctest.DocTestFinder().find(module, globs=globs):
-            examples += len(test.examples)
-            runner.run(test)
-    assert examples >= 15
-    assert runner.summarize(verbose=False).failed == 0

@@ -4,9 +4,9 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from helpers import LayerTestCase
 
 import keras_feedback
-from helpers import LayerTestCase
 
 ConvFeedback2D = keras_feedback.layers.ConvFeedback2D
 
@@ -488,7 +488,9 @@ def test_export_streams_step_by_step(rng, tmp_path):
 
 def test_stateful_chunks_equal_one_call(rng):
     x = rng.standard_normal((2, 6, 4, 4, 1)).astype("float32")
-    whole = ConvFeedback2D(2, 3, padding="same", feedback_filters=1, return_sequences=True)
+    whole = ConvFeedback2D(
+        2, 3, padding="same", feedback_filters=1, return_sequences=True
+    )
     chunked = ConvFeedback2D(
         2, 3, padding="same", feedback_filters=1, return_sequences=True, stateful=True
     )

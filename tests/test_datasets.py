@@ -196,9 +196,7 @@ def test_char_text_windows_come_from_their_split(tmp_path):
     data = _text()
     (texts / "b.txt").write_bytes(data[len(data) // 2 :])
     (texts / "a.txt").write_bytes(data[: len(data) // 2])
-    builder = tfds.builder(
-        "char_text", config="L64", data_dir=str(tmp_path / "data")
-    )
+    builder = tfds.builder("char_text", config="L64", data_dir=str(tmp_path / "data"))
     builder.download_and_prepare(
         download_config=tfds.download.DownloadConfig(manual_dir=str(texts))
     )

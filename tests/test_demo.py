@@ -35,8 +35,19 @@ def _table_value(out, key):
 def test_demo_exports_verify_and_figures_are_written(data_dir, tmp_path, capsys):
     out_dir = tmp_path / "out"
     code = cli.main(
-        ["demo", "--task", "adding_problem/T50", "--steps", "20",
-         "--max-examples", "256", "--out", str(out_dir), "--data-dir", data_dir]
+        [
+            "demo",
+            "--task",
+            "adding_problem/T50",
+            "--steps",
+            "20",
+            "--max-examples",
+            "256",
+            "--out",
+            str(out_dir),
+            "--data-dir",
+            data_dir,
+        ]
     )
     out = capsys.readouterr().out
     assert code == 0, out
@@ -50,9 +61,7 @@ def test_demo_exports_verify_and_figures_are_written(data_dir, tmp_path, capsys)
         assert image[..., :3].std() > 0.05  # not a blank canvas
 
     # The exported forms agree with each other, outside the demo's checks.
-    x = datasets._adding_problem.generate(
-        3, 50, np.random.default_rng(7)
-    )[0]
+    x = datasets._adding_problem.generate(3, 50, np.random.default_rng(7))[0]
     serving = tf.saved_model.load(str(out_dir / "saved_model" / "1"))
     expected = serving.signatures["serving_default"](x=tf.constant(x))["y"]
     expected = np.reshape(expected.numpy(), (3,))
@@ -96,8 +105,9 @@ def _config(tmp_path, config):
 def test_train_on_a_missing_dataset_prints_the_build_command(tmp_path, capsys):
     model = _config(tmp_path, {"feedback": {"units": 4}})
     empty = str(tmp_path / "empty")
-    code = cli.main(["train", "--dataset", "mnist", "--data-dir", empty,
-                     "--model", model])
+    code = cli.main(
+        ["train", "--dataset", "mnist", "--data-dir", empty, "--model", model]
+    )
     err = capsys.readouterr().err
     assert code == 2
     assert f"tfds build mnist --data_dir {empty}" in err
@@ -126,13 +136,26 @@ def test_train_adding_problem_saves_a_model_that_learned(data_dir, tmp_path, cap
     model_file = _config(tmp_path, config)
     out = tmp_path / "trained"
     code = cli.main(
-        ["train", "--dataset", "adding_problem/T50", "--data-dir", data_dir,
-         "--model", model_file, "--train-split", "train[:512]",
-         "--eval-split", "test[:256]", "--out", str(out)]
+        [
+            "train",
+            "--dataset",
+            "adding_problem/T50",
+            "--data-dir",
+            data_dir,
+            "--model",
+            model_file,
+            "--train-split",
+            "train[:512]",
+            "--eval-split",
+            "test[:256]",
+            "--out",
+            str(out),
+        ]
     )
     assert code == 0, capsys.readouterr().err
-    test, task = datasets.load("adding_problem/T50", "test[:256]",
-                               data_dir=data_dir, batch_size=256)
+    test, task = datasets.load(
+        "adding_problem/T50", "test[:256]", data_dir=data_dir, batch_size=256
+    )
     trained = keras.saving.load_model(out / "model.keras")
     keras.utils.set_random_seed(0)
     untrained = train.build_model(task, train.read_config(model_file))
@@ -169,8 +192,17 @@ def test_train_mnist_rows_from_a_keras_model_config(tmp_path, capsys):
         num_examples=16, policy=tfds.testing.MockPolicy.USE_CODE
     )
     with mock:
-        code = cli.main(["train", "--dataset", "mnist", "--model",
-                         _config(tmp_path, config), "--out", str(out)])
+        code = cli.main(
+            [
+                "train",
+                "--dataset",
+                "mnist",
+                "--model",
+                _config(tmp_path, config),
+                "--out",
+                str(out),
+            ]
+        )
     stdout = capsys.readouterr().out
     assert code == 0
     assert "image input 'image' (28 steps x 28)" in stdout

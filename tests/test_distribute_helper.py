@@ -19,6 +19,7 @@ from keras_feedback.training import distribute
 
 pytestmark = pytest.mark.timeout(60)
 
+
 def _config(cluster=None, task=None):
     cluster = cluster or {"worker": ["127.0.0.1:2222", "127.0.0.1:2223"]}
     task = task or {"type": "worker", "index": 1}
@@ -78,8 +79,18 @@ def test_train_command_distributed_reports_a_bad_tf_config(
     model = tmp_path / "model.json"
     model.write_text(json.dumps({"feedback": {"units": 4}}))
     monkeypatch.setenv("TF_CONFIG", json.dumps(_config(task={"type": "worker"})))
-    code = cli.main(["train", "--distributed", "--dataset", "adding_problem/T50",
-                     "--model", str(model), "--data-dir", str(tmp_path / "none")])
+    code = cli.main(
+        [
+            "train",
+            "--distributed",
+            "--dataset",
+            "adding_problem/T50",
+            "--model",
+            str(model),
+            "--data-dir",
+            str(tmp_path / "none"),
+        ]
+    )
     assert code == 2
     assert "task['index'] must be an integer, got None" in capsys.readouterr().err
 
@@ -91,8 +102,10 @@ def test_port_in_use_is_a_clear_error():
         holder.bind(("127.0.0.1", 0))
         holder.listen()
         port = holder.getsockname()[1]
-        value = _config({"worker": [f"127.0.0.1:{port}", "127.0.0.1:1"]},
-                        {"type": "worker", "index": 0})
+        value = _config(
+            {"worker": [f"127.0.0.1:{port}", "127.0.0.1:1"]},
+            {"type": "worker", "index": 0},
+        )
         with pytest.raises(ValueError) as error:
             distribute.strategy_from_environment({"TF_CONFIG": json.dumps(value)})
     finally:

@@ -159,9 +159,7 @@ def test_worker_killed_mid_epoch_resumes_from_backup(example, uninterrupted, out
     for worker, reference in zip(_results(out), uninterrupted):
         assert worker["iterations"] == reference["iterations"] == EPOCHS * STEPS
         assert worker["epochs_run"] == EPOCHS - done_epochs  # resumed
-        np.testing.assert_allclose(
-            worker["loss"][-1], reference["loss"][-1], rtol=1e-5
-        )
+        np.testing.assert_allclose(worker["loss"][-1], reference["loss"][-1], rtol=1e-5)
         assert _max_difference(worker["weights"], reference["weights"]) < 1e-5
     # Keras deletes each worker's backup when training completes.
     assert os.listdir(backups) == []

@@ -12,9 +12,9 @@ import hypothesis.strategies as st
 import numpy as np
 import pytest
 import tensorflow as tf
+from helpers import relative_error
 
 import keras_feedback
-from helpers import relative_error
 
 Feedback = keras_feedback.layers.Feedback
 ACTIVATIONS = ("tanh", "sigmoid", "relu", "linear")
@@ -56,9 +56,7 @@ def test_engines_agree_in_float64(config, time, batch, masked, seed):
         mask = rng.random((batch, time)) < 0.7
         mask[:, 0] = True
     layers = {
-        engine: Feedback(
-            **config, return_state=True, dtype="float64", engine=engine
-        )
+        engine: Feedback(**config, return_state=True, dtype="float64", engine=engine)
         for engine in ("reference", "xla")
     }
     for layer in layers.values():
@@ -77,9 +75,7 @@ def test_engines_agree_in_float64(config, time, batch, masked, seed):
             tape.watch([x, *initial])
             outputs = layer(x, initial_state=initial, mask=mask)
             if probes is None:
-                probes = [
-                    tf.constant(rng.standard_normal(o.shape)) for o in outputs
-                ]
+                probes = [tf.constant(rng.standard_normal(o.shape)) for o in outputs]
             loss = sum(tf.reduce_sum(p * tf.tanh(o)) for p, o in zip(probes, outputs))
         sources = [x, *initial, *layer.trainable_weights]
         grads = tape.gradient(

@@ -58,8 +58,16 @@ def test_help(name, capsys):
 
 def test_adding_problem_learns(data_dir):
     result = _example("adding_problem").main(
-        ["--length", "50", "--steps", "40", "--max-examples", "256",
-         "--data-dir", data_dir]
+        [
+            "--length",
+            "50",
+            "--steps",
+            "40",
+            "--max-examples",
+            "256",
+            "--data-dir",
+            data_dir,
+        ]
     )
     # An untrained model outputs about 0 (MSE about E[(u1+u2)^2] = 7/6).
     assert result["mse_after"] < result["mse_before"]
@@ -68,8 +76,20 @@ def test_adding_problem_learns(data_dir):
 
 def test_copy_memory_learns(data_dir):
     result = _example("copy_memory").main(
-        ["--delay", "10", "--steps", "30", "--max-examples", "256",
-         "--units", "16", "--feedback-units", "4", "--data-dir", data_dir]
+        [
+            "--delay",
+            "10",
+            "--steps",
+            "30",
+            "--max-examples",
+            "256",
+            "--units",
+            "16",
+            "--feedback-units",
+            "4",
+            "--data-dir",
+            data_dir,
+        ]
     )
     assert result["loss_after"] < result["loss_before"]
     assert result["baseline"] == pytest.approx(10 * np.log(8) / 30)
@@ -78,8 +98,20 @@ def test_copy_memory_learns(data_dir):
 def test_sentiment_imdb_on_mock_data():
     with _mock():
         result = _example("sentiment_imdb").main(
-            ["--epochs", "3", "--batch-size", "8", "--max-length", "16",
-             "--vocabulary-size", "200", "--units", "8", "--feedback-units", "4"]
+            [
+                "--epochs",
+                "3",
+                "--batch-size",
+                "8",
+                "--max-length",
+                "16",
+                "--vocabulary-size",
+                "200",
+                "--units",
+                "8",
+                "--feedback-units",
+                "4",
+            ]
         )
     # Mock train and test splits hold the same 16 reviews: training fits them.
     assert result["loss_after"] < result["loss_before"]
@@ -88,8 +120,16 @@ def test_sentiment_imdb_on_mock_data():
 def test_mnist_rows_on_mock_data():
     with _mock():
         result = _example("mnist_rows").main(
-            ["--epochs", "3", "--batch-size", "8", "--units", "8",
-             "--feedback-units", "4"]
+            [
+                "--epochs",
+                "3",
+                "--batch-size",
+                "8",
+                "--units",
+                "8",
+                "--feedback-units",
+                "4",
+            ]
         )
     assert result["loss_after"] < result["loss_before"]
 
@@ -99,9 +139,22 @@ def test_char_language_model_learns_bytes(tmp_path):
     texts.mkdir()
     (texts / "t.txt").write_text("the feedback loop feeds back. " * 400)
     result = _example("char_language_model").main(
-        ["--text-dir", str(texts), "--length", "64", "--steps", "30",
-         "--units", "16", "--feedback-units", "4", "--sample", "5",
-         "--out", str(tmp_path / "out")]
+        [
+            "--text-dir",
+            str(texts),
+            "--length",
+            "64",
+            "--steps",
+            "30",
+            "--units",
+            "16",
+            "--feedback-units",
+            "4",
+            "--sample",
+            "5",
+            "--out",
+            str(tmp_path / "out"),
+        ]
     )
     assert result["loss_after"] < result["loss_before"]
     assert result["sample"].startswith("def ") and len(result["sample"]) >= 9
@@ -109,8 +162,18 @@ def test_char_language_model_learns_bytes(tmp_path):
 
 def test_streaming_litert_matches_keras_step_by_step(data_dir, tmp_path):
     result = _example("streaming_litert").main(
-        ["--length", "50", "--steps", "5", "--max-examples", "64",
-         "--data-dir", data_dir, "--out", str(tmp_path)]
+        [
+            "--length",
+            "50",
+            "--steps",
+            "5",
+            "--max-examples",
+            "64",
+            "--data-dir",
+            data_dir,
+            "--out",
+            str(tmp_path),
+        ]
     )
     assert result["max_abs_error"] < 1e-5
     np.testing.assert_allclose(result["final"], result["keras_final"], atol=1e-5)
@@ -126,8 +189,12 @@ def test_missing_dataset_names_the_build_command(name, tmp_path):
 
 def test_missing_dataset_from_the_command_line(tmp_path):
     result = subprocess.run(
-        [sys.executable, os.path.join(EXAMPLES, "mnist_rows.py"),
-         "--data-dir", str(tmp_path)],
+        [
+            sys.executable,
+            os.path.join(EXAMPLES, "mnist_rows.py"),
+            "--data-dir",
+            str(tmp_path),
+        ],
         capture_output=True,
         text=True,
         timeout=300,

@@ -27,7 +27,7 @@ def load_script(name):
 def table_rows(text):
     """The rows of the CLI's table: {export name: [cells...]}."""
     lines = text.strip().splitlines()
-    header = lines.index(next(l for l in lines if l.startswith("export ")))
+    header = lines.index(next(line for line in lines if line.startswith("export ")))
     rows = {}
     for line in lines[header + 2 :]:
         if line.startswith("checked on"):

@@ -1,6 +1,5 @@
 """Bad input to the exporters: clear errors, and nothing half written."""
 
-import doctest
 import os
 
 import keras
@@ -10,8 +9,6 @@ import tensorflow as tf
 from ai_edge_litert.interpreter import Interpreter
 
 from keras_feedback import export
-from keras_feedback.export import _litert
-from keras_feedback.export import _saved_model
 from keras_feedback.layers import Feedback
 
 
@@ -109,9 +106,7 @@ def test_quantization_arguments(tmp_path, rng):
         with pytest.raises(
             ValueError, match="`representative_data` is required.*got None"
         ):
-            export.export_litert(
-                model, path, quantization="int8", streaming=streaming
-            )
+            export.export_litert(model, path, quantization="int8", streaming=streaming)
     message = (
         r"`representative_data`: input 'x' must have shape \(None, None, 3\), "
         r"got \(2, 4, 5\)"
@@ -174,10 +169,3 @@ def test_verify_arguments(exported, tmp_path):
         export.verify_saved_model(model, root / "saved", np.zeros((1, 2, 3)), version=7)
     with pytest.raises(ValueError, match="no LiteRT file at"):
         export.verify_litert(model, tmp_path / "missing.tflite", np.zeros((1, 2, 3)))
-
-
-def test_docstring_examples():
-    for module in (_saved_model, _litert):
-        result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
-        assert result.attempted > 0
-        assert result.failed == 0

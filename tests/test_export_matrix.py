@@ -367,16 +367,12 @@ def test_litert_quantized(quantized_exports, index):
     # Quantisation did happen, in the form each mode promises, and shrank
     # the file.
     float16_ops = _tensor_types(float16["path"])
-    assert any(
-        "FLOAT16" in types for op, types in float16_ops if op == "DEQUANTIZE"
-    )
+    assert any("FLOAT16" in types for op, types in float16_ops if op == "DEQUANTIZE")
     # Dynamic range: int8 weights, dequantized once, float32 compute (no
     # hybrid op rounding its input to int8).
     dynamic_ops = _tensor_types(dynamic["path"])
     assert any(
-        types == {"INT8", "FLOAT32"}
-        for op, types in dynamic_ops
-        if op == "DEQUANTIZE"
+        types == {"INT8", "FLOAT32"} for op, types in dynamic_ops if op == "DEQUANTIZE"
     )
     for op, types in dynamic_ops:
         if op != "DEQUANTIZE":

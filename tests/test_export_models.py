@@ -36,9 +36,11 @@ def check_exports(model, inputs, tmp_path, streamable=True):
     path = export.export_saved_model(model, tmp_path / "saved")
     report = export.verify_saved_model(model, tmp_path / "saved", inputs)
     assert report["serving_max_abs_error"] <= TOLERANCE, report
-    expected = ["initial_state", "serving_default", "step"] if streamable else [
-        "serving_default"
-    ]
+    expected = (
+        ["initial_state", "serving_default", "step"]
+        if streamable
+        else ["serving_default"]
+    )
     assert report["signatures"] == expected
     if streamable:
         assert report["step_max_abs_error"] <= TOLERANCE, report
@@ -148,8 +150,11 @@ def test_sequential(tmp_path, rng):
 
 def test_nested_model_with_two_outputs(tmp_path, rng):
     inner = keras.Sequential(
-        [keras.Input((None, 4)), keras.layers.Dense(3, activation="tanh"),
-         keras.layers.Dense(2)],
+        [
+            keras.Input((None, 4)),
+            keras.layers.Dense(3, activation="tanh"),
+            keras.layers.Dense(2),
+        ],
         name="inner",
     )
     inputs = keras.Input((None, 3))
@@ -212,9 +217,7 @@ def test_stateful_layer_starts_from_its_states(tmp_path, rng):
         np.testing.assert_array_equal(variable.numpy(), value)
 
 
-def test_stateful_layer_of_batch_one_starts_every_row_from_its_states(
-    tmp_path, rng
-):
+def test_stateful_layer_of_batch_one_starts_every_row_from_its_states(tmp_path, rng):
     model, layer, states = stateful_model(1, rng)
     x = rng.normal(size=(3, 5, 3)).astype("float32")
     expected = []

@@ -6,11 +6,11 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-
-import keras_feedback
-from numpy_reference import feedback_sequence
 from helpers import LayerTestCase
 from helpers import weights_by_name
+from numpy_reference import feedback_sequence
+
+import keras_feedback
 
 Feedback = keras_feedback.layers.Feedback
 FeedbackCell = keras_feedback.layers.FeedbackCell
@@ -36,7 +36,10 @@ def _mask(batch=3, time=6):
 
 def _randomise(layer, rng, scale=0.5):
     layer.set_weights(
-        [scale * rng.standard_normal(w.shape).astype(w.dtype) for w in layer.get_weights()]
+        [
+            scale * rng.standard_normal(w.shape).astype(w.dtype)
+            for w in layer.get_weights()
+        ]
     )
 
 
@@ -109,9 +112,7 @@ def test_feedback_on_equals_numpy(rng, combo):
         output_units=output_units,
         output_activation="tanh" if output_units else None,
     )
-    layer = Feedback(
-        return_sequences=True, return_state=True, return_trace=True, **cfg
-    )
+    layer = Feedback(return_sequences=True, return_state=True, return_trace=True, **cfg)
     x = _inputs(rng, features=2)
     mask = _mask()
     layer(x)
@@ -132,16 +133,25 @@ def test_feedback_on_equals_numpy(rng, combo):
 
 @pytest.mark.parametrize("core", CORES)
 def test_layer_norm_go_backwards_initial_state_equal_numpy(rng, core):
-    cfg = dict(core=core, units=4, feedback_units=2, layer_norm=True,
-               activation="relu", feedback_activation="tanh")
+    cfg = dict(
+        core=core,
+        units=4,
+        feedback_units=2,
+        layer_norm=True,
+        activation="relu",
+        feedback_activation="tanh",
+    )
     layer = Feedback(return_sequences=True, go_backwards=True, **cfg)
     x = _inputs(rng, features=3)
     layer(x)
     _randomise(layer, rng)
     initial = [rng.standard_normal((3, s)).astype("float32") for s in layer.state_size]
     ref, _, _ = feedback_sequence(
-        weights_by_name(layer), x.astype("float64"), cfg,
-        initial=[i.astype("float64") for i in initial], go_backwards=True,
+        weights_by_name(layer),
+        x.astype("float64"),
+        cfg,
+        initial=[i.astype("float64") for i in initial],
+        go_backwards=True,
     )
     np.testing.assert_allclose(layer(x, initial_state=initial), ref, atol=1e-5)
 
@@ -151,8 +161,14 @@ def test_gradients_match_finite_differences(rng, combo):
     """Directional derivatives of a float64 loss, in random directions."""
     core, attention, residual, output_units = combo
     layer = Feedback(
-        3, feedback_units=2, core=core, attention=attention, residual=residual,
-        output_units=output_units, return_sequences=True, dtype="float64",
+        3,
+        feedback_units=2,
+        core=core,
+        attention=attention,
+        residual=residual,
+        output_units=output_units,
+        return_sequences=True,
+        dtype="float64",
     )
     x = tf.constant(_inputs(rng, batch=2, time=4, features=2, dtype="float64"))
     layer(x)
@@ -191,13 +207,20 @@ def test_unroll_equals_loop(rng):
     looped(x)
     unrolled(x)
     unrolled.set_weights(looped.get_weights())
-    np.testing.assert_allclose(looped(x, mask=_mask()), unrolled(x, mask=_mask()), atol=1e-6)
+    np.testing.assert_allclose(
+        looped(x, mask=_mask()), unrolled(x, mask=_mask()), atol=1e-6
+    )
 
 
 def test_stacked_cells_equal_stacked_layers(rng):
     x = _inputs(rng)
-    cells = [FeedbackCell(4, feedback_units=2, core="gru"), FeedbackCell(3, core="simple")]
-    stacked = keras.layers.RNN(keras.layers.StackedRNNCells(cells), return_sequences=True)
+    cells = [
+        FeedbackCell(4, feedback_units=2, core="gru"),
+        FeedbackCell(3, core="simple"),
+    ]
+    stacked = keras.layers.RNN(
+        keras.layers.StackedRNNCells(cells), return_sequences=True
+    )
     first = Feedback(4, feedback_units=2, core="gru", return_sequences=True)
     second = Feedback(3, core="simple", return_sequences=True)
     stacked(x)
@@ -220,16 +243,18 @@ def test_stateful_continues_across_batches(rng):
     np.testing.assert_allclose(halves, expected, atol=1e-5)
     stateful.reset_state()
     np.testing.assert_allclose(model(x[:, :5]), expected[:, :5], atol=1e-5)
-    states = [rng.standard_normal((3, s)).astype("float32") for s in stateful.state_size]
+    states = [
+        rng.standard_normal((3, s)).astype("float32") for s in stateful.state_size
+    ]
     stateful.reset_state(states)
-    np.testing.assert_allclose(
-        model(x), full(x, initial_state=states), atol=1e-5
-    )
+    np.testing.assert_allclose(model(x), full(x, initial_state=states), atol=1e-5)
 
 
 def test_dropout_active_only_in_training(rng):
     x = _inputs(rng)
-    layer = Feedback(4, dropout=0.5, recurrent_dropout=0.5, seed=3, return_sequences=True)
+    layer = Feedback(
+        4, dropout=0.5, recurrent_dropout=0.5, seed=3, return_sequences=True
+    )
     plain = Feedback(4, return_sequences=True)
     layer(x)
     plain(x)
@@ -256,7 +281,9 @@ def test_sequential_bidirectional_and_keras_file_round_trip(rng, tmp_path):
     path = tmp_path / "model.keras"
     model.save(path)
     loaded = keras.models.load_model(path)
-    np.testing.assert_allclose(loaded.predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-6)
+    np.testing.assert_allclose(
+        loaded.predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-6
+    )
     assert loaded.layers[1].get_config() == model.layers[1].get_config()
 
 
@@ -299,9 +326,18 @@ def test_functional_and_subclassed_models(rng):
 
 def test_config_round_trip():
     layer = Feedback(
-        4, feedback_units=2, core="lstm", attention=True, residual=True,
-        output_units=3, output_activation="relu", layer_norm=True,
-        kernel_regularizer="l2", dropout=0.1, seed=7, return_trace=True,
+        4,
+        feedback_units=2,
+        core="lstm",
+        attention=True,
+        residual=True,
+        output_units=3,
+        output_activation="relu",
+        layer_norm=True,
+        kernel_regularizer="l2",
+        dropout=0.1,
+        seed=7,
+        return_trace=True,
     )
     config = layer.get_config()
     clone = Feedback.from_config(config)
@@ -316,8 +352,11 @@ def test_feedback_and_feedforward_weights_partition():
     feedback = {w.name for w in layer.feedback_weights}
     feedforward = {w.name for w in layer.feedforward_weights}
     assert feedback == {
-        "feedback_recurrent_kernel", "feedback_kernel", "feedback_bias",
-        "attention_kernel", "attention_bias",
+        "feedback_recurrent_kernel",
+        "feedback_kernel",
+        "feedback_bias",
+        "attention_kernel",
+        "attention_bias",
     }
     assert feedback.isdisjoint(feedforward)
     assert feedback | feedforward == {w.name for w in layer.weights}
@@ -325,12 +364,17 @@ def test_feedback_and_feedforward_weights_partition():
 
 # --- Keras's own layer conformance check ---------------------------------
 
-from keras.src import testing  # noqa: E402  (private: tests only)
 
 LAYER_CASES = [
     ("gru_feedback", dict(units=3, core="gru")),
-    ("lstm_attention_output", dict(units=3, core="lstm", attention=True, output_units=2)),
-    ("simple_residual_norm", dict(units=3, core="simple", residual=True, layer_norm=True)),
+    (
+        "lstm_attention_output",
+        dict(units=3, core="lstm", attention=True, output_units=2),
+    ),
+    (
+        "simple_residual_norm",
+        dict(units=3, core="simple", residual=True, layer_norm=True),
+    ),
     ("no_feedback_sequences", dict(units=3, feedback_units=0, return_sequences=True)),
     ("dropout", dict(units=3, dropout=0.2, recurrent_dropout=0.2, seed=1)),
 ]
@@ -395,17 +439,28 @@ def test_wrong_rank_and_changing_feature_size(rng):
     with pytest.raises(ValueError, match="ndim=3, found ndim=2"):
         layer(np.zeros((2, 5), "float32"))
     layer(_inputs(rng, features=4))
-    with pytest.raises(ValueError, match="expected axis -1 of input shape to have value 4"):
+    with pytest.raises(
+        ValueError, match="expected axis -1 of input shape to have value 4"
+    ):
         layer(_inputs(rng, features=5))
 
 
 def test_bad_initial_state(rng):
     layer = Feedback(4, feedback_units=2, core="lstm")
     x = _inputs(rng)
-    with pytest.raises(ValueError, match="must hold 3 tensors of sizes \\[4, 4, 2\\].*got 2"):
+    with pytest.raises(
+        ValueError, match="must hold 3 tensors of sizes \\[4, 4, 2\\].*got 2"
+    ):
         layer(x, initial_state=[np.zeros((3, 4), "float32")] * 2)
-    bad = [np.zeros((3, 4), "float32"), np.zeros((3, 4), "float32"), np.zeros((3, 5), "float32")]
-    with pytest.raises(ValueError, match="`initial_state`\\[2\\] \\(c\\) must have shape \\(3, 2\\), got \\(3, 5\\)"):
+    bad = [
+        np.zeros((3, 4), "float32"),
+        np.zeros((3, 4), "float32"),
+        np.zeros((3, 5), "float32"),
+    ]
+    with pytest.raises(
+        ValueError,
+        match="`initial_state`\\[2\\] \\(c\\) must have shape \\(3, 2\\), got \\(3, 5\\)",
+    ):
         layer(x, initial_state=bad)
 
 
@@ -418,5 +473,8 @@ def test_stateful_needs_fixed_batch():
 def test_reset_state_checks_shapes(rng):
     layer = Feedback(4, core="gru", stateful=True)
     layer(_inputs(rng))
-    with pytest.raises(ValueError, match="`states`\\[0\\] \\(h\\) must have shape \\(3, 4\\), got \\(2, 4\\)"):
+    with pytest.raises(
+        ValueError,
+        match="`states`\\[0\\] \\(h\\) must have shape \\(3, 4\\), got \\(2, 4\\)",
+    ):
         layer.reset_state([np.zeros((2, 4), "float32"), np.zeros((2, 4), "float32")])

@@ -5,9 +5,9 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from helpers import LayerTestCase
 
 import keras_feedback
-from helpers import LayerTestCase
 
 FeedbackLoop = keras_feedback.layers.FeedbackLoop
 

@@ -57,7 +57,10 @@ def test_cli_version_and_help(capsys):
     with pytest.raises(SystemExit) as exit_info:
         cli.main(["--version"])
     assert exit_info.value.code == 0
-    assert capsys.readouterr().out.strip() == f"keras-feedback {keras_feedback.__version__}"
+    assert (
+        capsys.readouterr().out.strip()
+        == f"keras-feedback {keras_feedback.__version__}"
+    )
     assert cli.main([]) == 0
     out = capsys.readouterr().out
     assert "usage: keras-feedback" in out

@@ -11,17 +11,19 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-
-import keras_feedback
 from helpers import randomise
 from helpers import relative_error
+
+import keras_feedback
 from keras_feedback import engine as engines
 
 Feedback = keras_feedback.layers.Feedback
 ConvFeedback2D = keras_feedback.layers.ConvFeedback2D
 
 COMBOS = list(
-    itertools.product(("simple", "gru", "lstm"), (False, True), (False, True), (None, 3))
+    itertools.product(
+        ("simple", "gru", "lstm"), (False, True), (False, True), (None, 3)
+    )
 )
 ENGINES = ("reference", "xla")
 
@@ -109,7 +111,9 @@ def test_step_equals_sequence_call(rng, kind, core, attention, residual, output)
 def test_step_backwards_and_default_held_output(rng, kind):
     """Fed last step first, ``step`` gives the ``go_backwards`` call; without
     ``previous_output`` a masked row repeats the output its states give."""
-    layer = _layer(kind, "lstm", True, False, 3, return_sequences=True, go_backwards=True)
+    layer = _layer(
+        kind, "lstm", True, False, 3, return_sequences=True, go_backwards=True
+    )
     x = _inputs(kind, rng)
     mask = np.ones((3, 5), bool)
     mask[0, 1] = mask[2, 2:4] = False  # gaps after a first valid step
@@ -132,11 +136,15 @@ def test_step_takes_states_by_name_and_refuses_other_keys(rng):
     as_list = layer.step(x[:, 0], [h, carry, c])
     as_dict = layer.step(x[:, 0], {"c": c, "h": h, "carry": carry})
     np.testing.assert_allclose(as_dict[0], as_list[0], atol=0)
-    with pytest.raises(ValueError, match=r"keys \['h', 'carry', 'c'\].*got \['a', 'c', 'h'\]"):
+    with pytest.raises(
+        ValueError, match=r"keys \['h', 'carry', 'c'\].*got \['a', 'c', 'h'\]"
+    ):
         layer.step(x[:, 0], {"h": h, "a": carry, "c": c})
     sequence = layer(x, initial_state={"carry": carry, "h": h, "c": c})
     np.testing.assert_allclose(sequence, layer(x, initial_state=[h, carry, c]), atol=0)
-    with pytest.raises(ValueError, match=r"`states`\[2\] \(c\) must have shape \(3, 2\)"):
+    with pytest.raises(
+        ValueError, match=r"`states`\[2\] \(c\) must have shape \(3, 2\)"
+    ):
         layer.step(x[:, 0], [h, carry, h])
     with pytest.raises(ValueError, match=r"`inputs` of Feedback.step must have rank 2"):
         layer.step(x, [h, carry, c])
@@ -155,7 +163,9 @@ def test_step_takes_states_by_name_and_refuses_other_keys(rng):
 @pytest.mark.parametrize("kind", ["dense", "conv"])
 def test_mask_that_does_not_fit_is_an_error(rng, kind, mask, message):
     layer = _layer(kind)
-    with pytest.raises(ValueError, match="Argument `mask` must have shape .*" + message):
+    with pytest.raises(
+        ValueError, match="Argument `mask` must have shape .*" + message
+    ):
         layer(_inputs(kind, rng), mask=mask)
 
 
@@ -181,7 +191,8 @@ def test_stateful_layer_names_its_batch_size(rng, kind):
     layer = _layer(kind, stateful=True)
     layer(_inputs(kind, rng, batch=4))
     with pytest.raises(
-        ValueError, match=r"built for batch size 4 and got inputs with batch size 2.*batch_shape=\(2, \.\.\.\)"
+        ValueError,
+        match=r"built for batch size 4 and got inputs with batch size 2.*batch_shape=\(2, \.\.\.\)",
     ):
         layer(_inputs(kind, rng, batch=2))
 
@@ -201,7 +212,9 @@ def test_no_time_steps_gives_initial_states_on_both_engines(rng, kind, static):
     x = _inputs(kind, rng, time=0)
     results = {}
     for name in ENGINES:
-        layer = _layer(kind, "lstm", return_sequences=True, return_state=True, engine=name)
+        layer = _layer(
+            kind, "lstm", return_sequences=True, return_state=True, engine=name
+        )
         call = layer
         if not static:
             spec = tf.TensorSpec((None, None, *x.shape[2:]), tf.float32)

@@ -167,9 +167,9 @@ def _build_model(task, recipe):
         if task.target_size == 1:
             outputs = keras.layers.Reshape((), name="sum")(outputs)
     else:
-        outputs = keras.layers.Dense(
-            task.num_classes, activation="softmax", name="y"
-        )(hidden)
+        outputs = keras.layers.Dense(task.num_classes, activation="softmax", name="y")(
+            hidden
+        )
     return keras.Model(inputs, outputs, name="feedback_demo"), feedback
 
 
@@ -254,6 +254,7 @@ def _table(rows):
 
 def _load(args, recipe, data_dir):
     """Train, validation and test data; token inputs become one-hot vectors."""
+
     def split(name, shuffle=False):
         dataset, task = datasets.load(
             args.task,
@@ -438,8 +439,7 @@ def run(args):
         (f"baseline {metric}", f"{baseline:.5f}  (trivial predictor)"),
         (
             f"LiteRT int8 test {metric}",
-            f"{int8_loss:.5f}  (streamed, first {_INT8_EVAL_EXAMPLES} test "
-            "sequences)",
+            f"{int8_loss:.5f}  (streamed, first {_INT8_EVAL_EXAMPLES} test sequences)",
         ),
         ("training time", f"{train_seconds:.1f} s for {steps} steps"),
         ("parameters", f"{model.count_params():,}"),

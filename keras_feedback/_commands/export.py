@@ -142,8 +142,7 @@ def format_table(rows):
         )
     widths = [max(len(c[i]) for c in cells) for i in range(len(columns))]
     lines = [
-        "  ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip()
-        for line in cells
+        "  ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip() for line in cells
     ]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)

@@ -78,7 +78,7 @@ def pade_coefficients(approximates, numerator_degree=5, denominator_degree=4):
     return a.copy(), b.copy()
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _fit_pade(approximates, m, n):
     fn = _registry.get(approximates)
     x = np.linspace(*PADE_FIT_RANGE, _PADE_FIT_POINTS)

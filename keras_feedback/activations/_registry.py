@@ -56,8 +56,7 @@ def _register(name, activation, derivative=None):
     """
     if name in _ACTIVATIONS and _ACTIVATIONS[name] is not activation:
         raise ValueError(
-            f"An activation is already registered as {name!r}: "
-            f"{_ACTIVATIONS[name]!r}."
+            f"An activation is already registered as {name!r}: {_ACTIVATIONS[name]!r}."
         )
     _ACTIVATIONS[name] = activation
     if derivative is not None:
@@ -281,9 +280,7 @@ def derivative(name_or_fn):
     array([0.42, 1.  , 0.42], dtype=float32)
     """
     if isinstance(name_or_fn, functools.partial) and not name_or_fn.args:
-        return functools.partial(
-            derivative(name_or_fn.func), **name_or_fn.keywords
-        )
+        return functools.partial(derivative(name_or_fn.func), **name_or_fn.keywords)
     if isinstance(name_or_fn, str) and name_or_fn not in _ACTIVATIONS:
         raise _unknown_name_error(name_or_fn)
     if isinstance(name_or_fn, str):

@@ -114,9 +114,7 @@ def project_inputs(spec, params, inputs):
         dilations=spec.dilation_rate,
     )
     # Conv2D returns its input's shape for an empty batch: say it.
-    projected = tf.reshape(
-        projected, [-1, spec.height, spec.width, kernel.shape[-1]]
-    )
+    projected = tf.reshape(projected, [-1, spec.height, spec.width, kernel.shape[-1]])
     if spec.cell.use_bias:
         bias = params["bias"]
         projected = projected + (bias[0] if spec.cell.core == "gru" else bias)
@@ -153,7 +151,7 @@ def to_flat(maps):
     return tf.reshape(maps, tf.concat([tf.shape(maps)[:-3], [size]], 0))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def make_recurrence(spec):
     """The ``Recurrence`` an engine runs for ``spec``, on flattened maps.
 

@@ -275,7 +275,7 @@ def _readout(spec, params, h, c):
     return output, trace
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def make_recurrence(spec, project=True):
     """The ``Recurrence`` an engine runs for ``spec`` (cached per spec).
 

@@ -112,9 +112,7 @@ class AddingProblem(_common.LocalBuilder):
             description=__doc__,
             features=tfds.features.FeaturesDict(
                 {
-                    "inputs": tfds.features.Tensor(
-                        shape=(length, 2), dtype=np.float32
-                    ),
+                    "inputs": tfds.features.Tensor(shape=(length, 2), dtype=np.float32),
                     "target": tfds.features.Scalar(dtype=np.float32),
                 }
             ),

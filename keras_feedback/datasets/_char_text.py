@@ -124,9 +124,7 @@ class CharText(tfds.core.GeneratorBasedBuilder):
 
     def _split_generators(self, dl_manager):
         data = read_text(dl_manager.manual_dir)
-        return {
-            split: self._generate_examples(data, split) for split in _common.SPLITS
-        }
+        return {split: self._generate_examples(data, split) for split in _common.SPLITS}
 
     def _generate_examples(self, data, split):
         length = self.builder_config.length

@@ -89,7 +89,7 @@ def _backward(cfg, params, inputs, keep, states, saved, upstream):
     return reverse_loop.backward(cfg, params, inputs, keep, states, saved, upstream)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _compiled(cfg):
     """The compiled forward and backward functions of one configuration."""
     options = dict(jit_compile=True, reduce_retracing=True, autograph=False)

@@ -6,11 +6,8 @@ import re
 
 import keras
 import numpy as np
-import tensorflow as tf
 
 from keras_feedback import engine as engines
-from keras_feedback.layers._feedback_loop import nested_layers
-from keras_feedback.layers._recurrent import FeedbackRNN
 from keras_feedback.layers._recurrent import pure_calls
 
 # The engine every exported graph is traced with: a plain ``tf.while_loop``

@@ -167,9 +167,7 @@ def _with_signature(content, key, input_names, output_names):
 
     model = schema.ModelT.InitFromPackedBuf(content, 0)
     graph = model.subgraphs[0]
-    if len(graph.inputs) != len(input_names) or len(graph.outputs) != len(
-        output_names
-    ):
+    if len(graph.inputs) != len(input_names) or len(graph.outputs) != len(output_names):
         raise ValueError(
             f"LiteRT conversion gave {len(graph.inputs)} inputs and "
             f"{len(graph.outputs)} outputs, expected {input_names} and "
@@ -192,9 +190,7 @@ def _with_signature(content, key, input_names, output_names):
     signature.signatureKey = key
     signature.subgraphIndex = 0
     signature.inputs = [tensor_map(n, i) for n, i in zip(input_names, graph.inputs)]
-    signature.outputs = [
-        tensor_map(n, i) for n, i in zip(output_names, graph.outputs)
-    ]
+    signature.outputs = [tensor_map(n, i) for n, i in zip(output_names, graph.outputs)]
     model.signatureDefs = [signature]
     builder = flatbuffers.Builder(len(content) + 1024)
     builder.Finish(model.Pack(builder), file_identifier=b"TFL3")

@@ -21,6 +21,8 @@ from keras_feedback.export import _flatbuffer
 from keras_feedback.export import _saved_model
 from keras_feedback.export import _trace
 from keras_feedback.export._flatbuffer import litert_ops
+from keras_feedback.layers._feedback_loop import nested_layers
+from keras_feedback.layers._recurrent import FeedbackRNN
 
 SEQUENCE_SIGNATURE = _saved_model.SERVING_DEFAULT
 STEP_SIGNATURE = _saved_model.STEP
@@ -45,9 +47,7 @@ def _layer_of(location, layers):
 
 def _conversion_error(error, model):
     """A ValueError naming the ops (and their layers) LiteRT has no kernel for."""
-    layers = [
-        layer for layer in _common.nested_layers(model) if layer is not model
-    ]
+    layers = [layer for layer in nested_layers(model) if layer is not model]
     layers.sort(key=lambda layer: -len(layer.name))
     problems = {}
     ours = False
@@ -62,7 +62,7 @@ def _conversion_error(error, model):
             if layer is not None:
                 break
         where = _trace.describe(layer) if layer is not None else locations[0]
-        ours = ours or isinstance(layer, _common.FeedbackRNN)
+        ours = ours or isinstance(layer, FeedbackRNN)
         problems.setdefault(op.removeprefix("tf."), where)
     if problems:
         found = ", ".join(f"{op} (from {where})" for op, where in problems.items())

@@ -197,9 +197,7 @@ def verify_saved_model(model, directory, inputs, version=1):
     _check_version(version)
     path = os.path.join(os.fspath(directory), str(version))
     if not os.path.isdir(path):
-        raise ValueError(
-            f"Argument `directory`: no SavedModel version folder {path!r}"
-        )
+        raise ValueError(f"Argument `directory`: no SavedModel version folder {path!r}")
     plan = _trace.ExportPlan(model)
     named = plan.named_inputs(inputs)
     expected = plan.keras_outputs(named)

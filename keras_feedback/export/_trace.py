@@ -29,6 +29,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_feedback.export import _common
+from keras_feedback.layers._feedback_loop import nested_layers
 from keras_feedback.layers._recurrent import FeedbackRNN
 
 SINGLE_INPUT = "x"
@@ -316,7 +317,7 @@ class ExportPlan:
 
     def _find_step_problems(self):
         problems = []
-        for layer in _common.nested_layers(self.model):
+        for layer in nested_layers(self.model):
             if isinstance(layer, keras.layers.Bidirectional):
                 problems.append(
                     (layer, "a bidirectional layer reads the sequence from its end")
@@ -494,9 +495,7 @@ class _StepWalker:
             for index, node in enumerate(layer_config.get("inbound_nodes") or []):
                 pending.append((layers[name], index, node))
         while pending:
-            ready = [
-                item for item in pending if self._available(item[2], tensors)
-            ]
+            ready = [item for item in pending if self._available(item[2], tensors)]
             if not ready:
                 raise NotStreamable(model, "its layer graph could not be ordered")
             for layer, index, node in ready:

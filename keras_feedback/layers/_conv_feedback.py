@@ -231,7 +231,9 @@ class ConvFeedbackCell(FeedbackCellBase):
 
 
 _SIZES = ("units", "feedback_units", "output_units")
-_CELL_ARGS = tuple(inspect.signature(ConvFeedbackCell.__init__).parameters)[3:-1] + tuple(
+_CELL_ARGS = tuple(inspect.signature(ConvFeedbackCell.__init__).parameters)[
+    3:-1
+] + tuple(
     n
     for n in tuple(inspect.signature(FeedbackCellBase.__init__).parameters)[1:-1]
     if n not in _SIZES

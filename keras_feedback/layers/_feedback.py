@@ -168,8 +168,7 @@ class FeedbackCell(FeedbackCellBase):
 
     def get_initial_state(self, batch_size=None):
         return [
-            tf.zeros([batch_size, size], self.compute_dtype)
-            for size in self.state_size
+            tf.zeros([batch_size, size], self.compute_dtype) for size in self.state_size
         ]
 
 

@@ -11,7 +11,6 @@ the dense and the convolutional cell; nothing here knows which.
 import contextlib
 import contextvars
 import inspect
-
 from typing import Any
 from typing import List
 from typing import Mapping
@@ -275,9 +274,7 @@ class FeedbackRNN(keras.layers.Layer):
             if _PURE.get():
                 return self.snapshot_states(batch)
             self._check_batch(sequences.shape[0])
-            return [
-                tf.cast(v.value, self.compute_dtype) for v in self._state_variables
-            ]
+            return [tf.cast(v.value, self.compute_dtype) for v in self._state_variables]
         if initial_state is None:
             return [
                 tf.zeros([batch, size], self.compute_dtype)
@@ -409,8 +406,7 @@ class FeedbackRNN(keras.layers.Layer):
             )
         expected = self.cell.step_shape
         if not all(
-            a is None or b is None or a == b
-            for a, b in zip(inputs.shape[1:], expected)
+            a is None or b is None or a == b for a, b in zip(inputs.shape[1:], expected)
         ):
             raise ValueError(
                 f"Argument `inputs` of {type(self).__name__}.step must have shape "

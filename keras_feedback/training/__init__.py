@@ -2,8 +2,8 @@
 
 from keras_feedback.training import distribute
 from keras_feedback.training._auxiliary import IterationLoss
-from keras_feedback.training._gradient_flow import GradientFlow
 from keras_feedback.training._auxiliary import IterationMetric
+from keras_feedback.training._gradient_flow import GradientFlow
 from keras_feedback.training._staged import Stage
 from keras_feedback.training._staged import staged_fit
 from keras_feedback.training._staged import weight_groups

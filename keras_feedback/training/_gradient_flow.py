@@ -33,8 +33,8 @@ import numpy as np
 import tensorflow as tf
 
 from keras_feedback._api import public
-from keras_feedback.layers import Feedback
 from keras_feedback.engine import _masking
+from keras_feedback.layers import Feedback
 
 # ‖∂L/∂h_first‖ / ‖∂L/∂h_last‖ below this: vanishing; above the other:
 # exploding. Between them the loop passes gradients over the whole sequence.
@@ -283,7 +283,9 @@ class _Probe:
             [tf.norm(tf.reshape(g, [batch, -1]), axis=-1) for g in grads], 1
         )
         kept = tf.stack([keep[:, t] for t in order], 1)
-        per_example = tf.where(kept, per_example, tf.constant(np.nan, per_example.dtype))
+        per_example = tf.where(
+            kept, per_example, tf.constant(np.nan, per_example.dtype)
+        )
         valid = tf.where(kept, per_example, tf.zeros_like(per_example))
         norms = tf.sqrt(tf.reduce_sum(tf.square(valid), 0)) / rows
         any_valid = tf.reduce_any(kept, 0)

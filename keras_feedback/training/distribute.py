@@ -114,9 +114,7 @@ def parse_tf_config(value):
             f"{list(_JOBS)}, got cluster jobs {sorted(cluster)}"
         )
     if len(cluster.get("chief", [])) > 1:
-        raise ValueError(
-            f"TF_CONFIG: at most one chief, got {cluster['chief']!r}"
-        )
+        raise ValueError(f"TF_CONFIG: at most one chief, got {cluster['chief']!r}")
     seen = set()
     for job, addresses in cluster.items():
         if not isinstance(addresses, list) or not addresses:
@@ -138,9 +136,7 @@ def parse_tf_config(value):
             f"{sorted(cluster)}, got {task_type!r}"
         )
     if isinstance(index, bool) or not isinstance(index, int):
-        raise ValueError(
-            f"TF_CONFIG: task['index'] must be an integer, got {index!r}"
-        )
+        raise ValueError(f"TF_CONFIG: task['index'] must be an integer, got {index!r}")
     if not 0 <= index < len(cluster[task_type]):
         raise ValueError(
             f"TF_CONFIG: task['index'] must be in 0..{len(cluster[task_type]) - 1} "
@@ -165,8 +161,10 @@ def _check_port_free(config):
     try:
         probe.bind(("", port))
     except OSError as error:
-        reason = "is already in use" if error.errno == errno.EADDRINUSE else (
-            f"cannot be bound ({error})"
+        reason = (
+            "is already in use"
+            if error.errno == errno.EADDRINUSE
+            else (f"cannot be bound ({error})")
         )
         raise ValueError(
             f"TF_CONFIG: port {port} of this task ({task['type']} "
@@ -282,8 +280,7 @@ def per_replica_batch_size(global_batch_size, strategy=None):
         or global_batch_size < 1
     ):
         raise ValueError(
-            "global_batch_size must be a positive integer, got "
-            f"{global_batch_size!r}"
+            f"global_batch_size must be a positive integer, got {global_batch_size!r}"
         )
     if global_batch_size % replicas:
         raise ValueError(
@@ -418,15 +415,15 @@ def local_cluster(num_workers, host="127.0.0.1"):
     Returns:
         A list of ``num_workers`` dicts ``{"cluster": ..., "task": ...}``.
     """
-    if isinstance(num_workers, bool) or not isinstance(num_workers, int) or (
-        num_workers < 1
+    if (
+        isinstance(num_workers, bool)
+        or not isinstance(num_workers, int)
+        or (num_workers < 1)
     ):
-        raise ValueError(
-            f"num_workers must be a positive integer, got {num_workers!r}"
-        )
-    probes = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(
-        num_workers
-    )]
+        raise ValueError(f"num_workers must be a positive integer, got {num_workers!r}")
+    probes = [
+        socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(num_workers)
+    ]
     try:
         for probe in probes:
             probe.bind((host, 0))
