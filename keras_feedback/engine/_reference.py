@@ -12,10 +12,10 @@ import tensorflow as tf
 from keras_feedback.engine import _masking
 
 
-def _write(buffer, t, value):
-    # One (t, row) index per batch row rather than [[t]]: a scatter into an
-    # empty buffer is an error unless it has no indices, so batch 0 works.
-    rows = tf.range(tf.shape(value)[0])
+def _write(buffer, t, value, rows):
+    # One (t, row) index per batch row (``rows``: ``range(batch)``, made once
+    # outside the loop) rather than [[t]]: a scatter into an empty buffer is
+    # an error unless it has no indices, so batch 0 works.
     indices = tf.stack([tf.fill(tf.shape(rows), t), rows], axis=1)
     return tf.tensor_scatter_nd_update(buffer, indices, value)
 
@@ -76,6 +76,7 @@ def run(
             keep_steps = tf.reverse(keep_steps, [0])
     num_steps = tf.shape(steps)[0]
     batch = tf.shape(steps)[1]
+    rows = tf.range(batch)
 
     def zeros(size, time=False):
         shape = [num_steps, batch, size] if time else [batch, size]
@@ -96,8 +97,8 @@ def run(
             output = _masking.output(keep, output, last_output, zero_output_for_mask)
             trace = _masking.keep(keep, trace, last_trace)
         if return_sequences:
-            outputs = _write(outputs, t, output)
-        traces = {k: _write(traces[k], t, trace[k]) for k in traces}
+            outputs = _write(outputs, t, output, rows)
+        traces = {k: _write(traces[k], t, trace[k], rows) for k in traces}
         return t + 1, output, list(new_states), outputs, traces, trace
 
     carry = (0, last_output, states, outputs, traces, last_trace)
