@@ -69,6 +69,9 @@ INT8_SEQUENCE_FLOAT_OPS = {
     "WHILE",
     "CONCATENATION",
     "SCATTER_ND",
+    # The shape of the rows the float SCATTER_ND writes (one index per batch
+    # row, so that an empty batch works): reads a shape, computes nothing.
+    "SHAPE",
 }
 
 
