@@ -5,13 +5,41 @@ Keras's private ``run_layer_test`` is imported here and nowhere else:
 """
 
 import numpy as np
+import tensorflow as tf
 from keras.src import testing
 
 
 class LayerTestCase(testing.TestCase):
-    """Keras's layer conformance checks (``run_layer_test``: serialization,
-    build, weight counts, symbolic and eager calls, masking, a ``fit`` step,
-    mixed precision) for the library's layers."""
+    """The reusable checks of the library's layers.
+
+    ``run_layer_test`` is Keras's conformance check (serialization, build,
+    weight counts, symbolic and eager calls, masking, a ``fit`` step, mixed
+    precision); ``check_recurrent_layer`` adds what every layer built on
+    ``FeedbackRNN`` promises on top of it.
+    """
+
+    def check_recurrent_layer(self, cls, init_kwargs, input_shape, expected_shape):
+        """Keras conformance with masking, a config round trip, and ``step``
+        over the time axis equal to the whole-sequence call (masked)."""
+        self.run_layer_test(
+            cls,
+            init_kwargs=init_kwargs,
+            input_shape=input_shape,
+            expected_output_shape=expected_shape,
+            supports_masking=True,
+        )
+        layer = cls(**init_kwargs)
+        clone = cls.from_config(layer.get_config())
+        self.assertEqual(clone.get_config(), layer.get_config())
+        rng = np.random.default_rng(0)
+        x = rng.standard_normal(input_shape).astype("float32")
+        mask = np.ones(input_shape[:2], bool)
+        mask[0, -1] = False
+        expected = layer(x, mask=mask, training=False)
+        outputs, _ = stream_steps(layer, x, mask)
+        if not layer.return_sequences:
+            outputs = outputs[:, -1]
+        self.assertLess(relative_error(outputs, expected), 1e-5)
 
 
 def weights_by_name(layer):
@@ -36,3 +64,20 @@ def relative_error(actual, expected):
     assert actual.shape == expected.shape, (actual.shape, expected.shape)
     scale = max(1.0, float(np.max(np.abs(expected), initial=0.0)))
     return float(np.max(np.abs(actual - expected), initial=0.0)) / scale
+
+
+def stream_steps(layer, x, mask=None):
+    """``layer.step`` over every time step of ``x`` from zero states, as the
+    sequence call processes them: ``(outputs (batch, time, ...), states)``."""
+    batch, time = x.shape[:2]
+    order = range(time - 1, -1, -1) if layer.go_backwards else range(time)
+    states = layer.get_initial_state(batch)
+    output = tf.zeros([batch, *layer.step_output_shape], layer.compute_dtype)
+    outputs = []
+    for t in order:
+        step_mask = None if mask is None else mask[:, t]
+        output, states = layer.step(
+            x[:, t], states, mask=step_mask, previous_output=output
+        )
+        outputs.append(output)
+    return np.stack(outputs, 1), states

@@ -572,10 +572,6 @@ class TestKerasConformance(LayerTestCase):
             ),
         ]:
             with self.subTest(str(kwargs)):
-                self.run_layer_test(
-                    ConvFeedback2D,
-                    init_kwargs=kwargs,
-                    input_shape=(2, 3, 5, 5, 1),
-                    expected_output_shape=shape,
-                    supports_masking=True,
+                self.check_recurrent_layer(
+                    ConvFeedback2D, kwargs, (2, 3, 5, 5, 1), shape
                 )

@@ -386,13 +386,7 @@ class TestKerasConformance(LayerTestCase):
             with self.subTest(name):
                 size = kwargs.get("output_units") or kwargs["units"]
                 shape = (2, 5, size) if kwargs.get("return_sequences") else (2, size)
-                self.run_layer_test(
-                    Feedback,
-                    init_kwargs=kwargs,
-                    input_shape=(2, 5, 4),
-                    expected_output_shape=shape,
-                    supports_masking=True,
-                )
+                self.check_recurrent_layer(Feedback, kwargs, (2, 5, 4), shape)
 
     def test_cell_in_keras_rnn(self):
         for name, kwargs in LAYER_CASES[:3]:

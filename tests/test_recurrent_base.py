@@ -13,6 +13,7 @@ import pytest
 import tensorflow as tf
 from helpers import randomise
 from helpers import relative_error
+from helpers import stream_steps
 
 import keras_feedback
 from keras_feedback import engine as engines
@@ -66,24 +67,6 @@ def _gappy_mask(batch=3, time=5):
     return mask
 
 
-def _streamed(layer, x, mask=None):
-    """The layer's ``step`` over every time step, from zero states."""
-    batch, time = x.shape[:2]
-    order = range(time - 1, -1, -1) if layer.go_backwards else range(time)
-    states = layer.get_initial_state(batch)
-    output = None
-    outputs = []
-    for t in order:
-        if output is None:
-            output = tf.zeros_like(layer.step(x[:, t], states)[0])
-        step_mask = None if mask is None else mask[:, t]
-        output, states = layer.step(
-            x[:, t], states, mask=step_mask, previous_output=output
-        )
-        outputs.append(output)
-    return np.stack(outputs, 1), states
-
-
 @pytest.mark.parametrize("kind", ["dense", "conv"])
 @pytest.mark.parametrize("core, attention, residual, output", COMBOS)
 def test_step_equals_sequence_call(rng, kind, core, attention, residual, output):
@@ -101,7 +84,7 @@ def test_step_equals_sequence_call(rng, kind, core, attention, residual, output)
     layer(x)
     randomise(layer, rng)
     expected, *expected_states = layer(x, mask=mask)
-    outputs, states = _streamed(layer, x, mask)
+    outputs, states = stream_steps(layer, x, mask)
     assert relative_error(outputs, expected) < 1e-5
     for state, reference in zip(states, expected_states):
         assert relative_error(state, reference) < 1e-5
