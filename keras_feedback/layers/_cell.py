@@ -7,12 +7,19 @@ the convolutional one), draws dropout masks, serialises the config, and
 describes the step to the engine (``recurrence``). It never loops over time.
 """
 
+from typing import Any
+from typing import Callable
+from typing import Optional
+from typing import Union
+
 import keras
 import tensorflow as tf
 
 from keras_feedback import activations
 from keras_feedback.cells import _feedback_math as math
 
+# An activation: a name, a callable, or a learnable activation instance.
+ActivationLike = Union[str, Callable, None]
 # Weight groups: name -> (initializer/regularizer/constraint argument prefix).
 KERNEL_GROUPS = ("kernel", "recurrent", "feedback", "attention", "output", "bias")
 _KINDS = (
@@ -84,40 +91,40 @@ class FeedbackCellBase(keras.layers.Layer):
 
     def __init__(
         self,
-        units,
-        feedback_units=None,
-        core="gru",
-        activation="tanh",
-        recurrent_activation="sigmoid",
-        feedback_activation="sigmoid",
-        output_units=None,
-        output_activation=None,
-        attention=False,
-        residual=False,
-        layer_norm=False,
-        use_bias=True,
-        kernel_initializer="glorot_uniform",
-        recurrent_initializer="orthogonal",
-        feedback_initializer="glorot_uniform",
-        attention_initializer="glorot_uniform",
-        output_initializer="glorot_uniform",
-        bias_initializer="zeros",
-        kernel_regularizer=None,
-        recurrent_regularizer=None,
-        feedback_regularizer=None,
-        attention_regularizer=None,
-        output_regularizer=None,
-        bias_regularizer=None,
-        kernel_constraint=None,
-        recurrent_constraint=None,
-        feedback_constraint=None,
-        attention_constraint=None,
-        output_constraint=None,
-        bias_constraint=None,
-        unit_forget_bias=True,
-        dropout=0.0,
-        recurrent_dropout=0.0,
-        seed=None,
+        units: int,
+        feedback_units: Optional[int] = None,
+        core: str = "gru",
+        activation: ActivationLike = "tanh",
+        recurrent_activation: ActivationLike = "sigmoid",
+        feedback_activation: ActivationLike = "sigmoid",
+        output_units: Optional[int] = None,
+        output_activation: ActivationLike = None,
+        attention: bool = False,
+        residual: bool = False,
+        layer_norm: bool = False,
+        use_bias: bool = True,
+        kernel_initializer: Any = "glorot_uniform",
+        recurrent_initializer: Any = "orthogonal",
+        feedback_initializer: Any = "glorot_uniform",
+        attention_initializer: Any = "glorot_uniform",
+        output_initializer: Any = "glorot_uniform",
+        bias_initializer: Any = "zeros",
+        kernel_regularizer: Any = None,
+        recurrent_regularizer: Any = None,
+        feedback_regularizer: Any = None,
+        attention_regularizer: Any = None,
+        output_regularizer: Any = None,
+        bias_regularizer: Any = None,
+        kernel_constraint: Any = None,
+        recurrent_constraint: Any = None,
+        feedback_constraint: Any = None,
+        attention_constraint: Any = None,
+        output_constraint: Any = None,
+        bias_constraint: Any = None,
+        unit_forget_bias: bool = True,
+        dropout: float = 0.0,
+        recurrent_dropout: float = 0.0,
+        seed: Optional[int] = None,
         **kwargs,
     ):
         names = self.SIZE_NAMES

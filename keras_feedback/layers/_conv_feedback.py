@@ -8,6 +8,9 @@ flattened maps; the cell converts at the boundary.
 """
 
 import inspect
+from typing import Optional
+from typing import Tuple
+from typing import Union
 
 import keras
 import tensorflow as tf
@@ -56,14 +59,14 @@ class ConvFeedbackCell(FeedbackCellBase):
 
     def __init__(
         self,
-        filters,
-        kernel_size,
-        strides=1,
-        padding="valid",
-        data_format=None,
-        dilation_rate=1,
-        feedback_filters=None,
-        output_filters=None,
+        filters: int,
+        kernel_size: Union[int, Tuple[int, int]],
+        strides: Union[int, Tuple[int, int]] = 1,
+        padding: str = "valid",
+        data_format: Optional[str] = None,
+        dilation_rate: Union[int, Tuple[int, int]] = 1,
+        feedback_filters: Optional[int] = None,
+        output_filters: Optional[int] = None,
         **kwargs,
     ):
         kernel_size = _pair("kernel_size", kernel_size)

@@ -58,14 +58,14 @@ class FeedbackRNN(keras.layers.Layer):
 
     def __init__(
         self,
-        return_sequences=False,
-        return_state=False,
-        go_backwards=False,
-        stateful=False,
-        unroll=False,
-        return_trace=False,
-        zero_output_for_mask=False,
-        engine="auto",
+        return_sequences: bool = False,
+        return_state: bool = False,
+        go_backwards: bool = False,
+        stateful: bool = False,
+        unroll: bool = False,
+        return_trace: bool = False,
+        zero_output_for_mask: bool = False,
+        engine: str = "auto",
         **kwargs,
     ):
         engines.check_name(engine)
