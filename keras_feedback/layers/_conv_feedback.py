@@ -302,6 +302,9 @@ class ConvFeedback2D(FeedbackRNN):
         return_state: bool, also return the final states (``h``, the lstm
             carry, ``c``), as maps.
         go_backwards: bool, process time in reverse.
+        stateful: bool, the final states of a batch are the initial states
+            of the next one (fixed batch size); ``reset_state()`` zeroes
+            them, ``reset_state(states)`` sets them.
         unroll: bool, unroll the loop (static time only).
         return_trace: bool, also return a dict of the per-step ``"h"``,
             ``"c"`` and ``"alpha"`` maps, each ``(batch, time, ...)``.
