@@ -404,6 +404,11 @@ class FeedbackCellBase(keras.layers.Layer):
         names = ["h"] + (["carry"] if self.core == "lstm" else [])
         return names + (["c"] if self.feedback_units else [])
 
+    def states_from_engine(self, states):
+        """Engine-layout states as the layer hands them out (``from_engine``
+        of each, with its size)."""
+        return [self.from_engine(s, n) for s, n in zip(states, self.spec.state_size)]
+
     # --- config -------------------------------------------------------------
 
     def cell_config(self):

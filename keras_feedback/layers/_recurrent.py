@@ -142,16 +142,20 @@ class FeedbackRNN(keras.layers.Layer):
             return None
         return values
 
+    def _zero_states(self, batch):
+        """Zero states in the engine's layout, compute dtype."""
+        return [
+            tf.zeros([batch, size], self.compute_dtype)
+            for size in self.cell.engine_state_sizes
+        ]
+
     def snapshot_states(self, batch):
         """The states a pure call starts from (``pure_calls``): zeros, or the
         stateful layer's current values as constants, for its own batch
         size, or any when it is 1 (the row repeated)."""
         values = self.state_values()
         if values is None:
-            return [
-                tf.zeros([batch, size], self.compute_dtype)
-                for size in self.cell.engine_state_sizes
-            ]
+            return self._zero_states(batch)
         return [snapshot_for_batch(self, value, batch) for value in values]
 
     @property
@@ -276,10 +280,7 @@ class FeedbackRNN(keras.layers.Layer):
             self._check_batch(sequences.shape[0])
             return [tf.cast(v.value, self.compute_dtype) for v in self._state_variables]
         if initial_state is None:
-            return [
-                tf.zeros([batch, size], self.compute_dtype)
-                for size in self.cell.engine_state_sizes
-            ]
+            return self._zero_states(batch)
         return self._check_states(initial_state, sequences.shape[0], "initial_state")
 
     def _cast_inputs(self, inputs):
@@ -332,9 +333,7 @@ class FeedbackRNN(keras.layers.Layer):
         else:
             result = [cell.from_engine(last_output, spec.output_size)]
         if self.return_state:
-            result.extend(
-                cell.from_engine(s, n) for s, n in zip(final_states, spec.state_size)
-            )
+            result.extend(cell.states_from_engine(final_states))
         if self.return_trace:
             sizes = spec.trace_sizes
             result.append({k: cell.from_engine(v, sizes[k]) for k, v in traces.items()})
@@ -443,7 +442,7 @@ class FeedbackRNN(keras.layers.Layer):
         spec = cell.spec
         return (
             cell.from_engine(output, spec.output_size),
-            [cell.from_engine(s, n) for s, n in zip(new, spec.state_size)],
+            cell.states_from_engine(new),
         )
 
     # --- shapes, masks, config ------------------------------------------------

@@ -228,10 +228,9 @@ class _Probe:
     def _states(self, batch):
         layer = self.layer
         if layer.stateful and layer.states is not None:
-            return [
-                layer.cell.from_engine(tf.cast(v.value, layer.compute_dtype), n)
-                for v, n in zip(layer.states, layer.cell.spec.state_size)
-            ]
+            return layer.cell.states_from_engine(
+                [tf.cast(v.value, layer.compute_dtype) for v in layer.states]
+            )
         return layer.get_initial_state(batch)
 
     def _measure(self, x, y, mask, jacobian):
