@@ -127,16 +127,20 @@ def test_gradient_is_the_total_derivative_through_the_feedback_loop(rng):
 
 
 def _events(log_dir):
-    values = {}
-    for name in os.listdir(log_dir):
-        for record in tf.data.TFRecordDataset(os.path.join(log_dir, name)):
-            event = tf.compat.v1.Event.FromString(record.numpy())
-            for value in event.summary.value:
-                plugin = value.metadata.plugin_data.plugin_name
-                values.setdefault(value.tag, []).append(
-                    (event.step, plugin, tf.make_ndarray(value.tensor))
-                )
-    return values
+    """The summaries in ``log_dir``, read by TensorBoard's own reader."""
+    from tensorboard.backend.event_processing import event_accumulator
+
+    accumulator = event_accumulator.EventAccumulator(
+        str(log_dir), size_guidance={event_accumulator.TENSORS: 0}
+    )
+    accumulator.Reload()
+    return {
+        tag: [
+            (event.step, tf.make_ndarray(event.tensor_proto))
+            for event in accumulator.Tensors(tag)
+        ]
+        for tag in accumulator.Tags()[event_accumulator.TENSORS]
+    }, accumulator
 
 
 def test_callback_records_logs_and_draws(rng, tmp_path):
@@ -159,15 +163,36 @@ def test_callback_records_logs_and_draws(rng, tmp_path):
     assert flow.reports[0].verdict == "vanishing"
     with open(tmp_path / "flow.png", "rb") as f:
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
-    events = _events(tmp_path / "logs")
+    events, accumulator = _events(tmp_path / "logs")
     first = events["gradient_flow/first_step_norm"]
-    assert [step for step, _, _ in first] == flow.steps
-    assert {plugin for _, plugin, _ in first} == {"scalars"}
+    assert [step for step, _ in first] == flow.steps
+    plugin = accumulator.SummaryMetadata("gradient_flow/first_step_norm")
+    assert plugin.plugin_data.plugin_name == "scalars"
     np.testing.assert_allclose(
-        [value for _, _, value in first], flow.gradient_norms[:, 0], rtol=1e-6
+        [value for _, value in first], flow.gradient_norms[:, 0], rtol=1e-6
     )
-    image = events["gradient_flow/heatmap"][-1]
-    assert image[1] == "images" and image[2][2][:4] == b"\x89PNG"
+    step, image = events["gradient_flow/heatmap"][-1]
+    assert step == flow.steps[-1]
+    plugin = accumulator.SummaryMetadata("gradient_flow/heatmap")
+    assert plugin.plugin_data.plugin_name == "images"
+    assert image[2][:4] == b"\x89PNG"  # width, height, encoded PNG
+    with open(tmp_path / "flow.png", "rb") as f:  # the same picture
+        np.testing.assert_array_equal(
+            tf.image.decode_png(image[2]), tf.image.decode_png(f.read())
+        )
+
+
+def test_keras_tensorboard_callback_logs_a_feedback_model(rng, tmp_path):
+    model = _vanishing()
+    x, y = _batch(rng, 16)
+    board = keras.callbacks.TensorBoard(str(tmp_path / "board"))
+    history = model.fit(x, y, batch_size=8, epochs=2, verbose=0, callbacks=[board])
+    events, _ = _events(tmp_path / "board" / "train")
+    losses = events["epoch_loss"]
+    assert [step for step, _ in losses] == [0, 1]
+    np.testing.assert_allclose(
+        [float(value) for _, value in losses], history.history["loss"], rtol=1e-6
+    )
 
 
 def test_diagnose_command_prints_the_verdict(rng, tmp_path, capsys):

@@ -184,7 +184,7 @@ def _describe_input(feature, key, max_length):
         return _as_steps("tokens", size, feature.shape, key, max_length)
     if isinstance(feature, (tfds.features.Tensor, tfds.features.Sequence)):
         shape = tuple(feature.shape)
-        kind = _numeric_kind(feature.dtype)
+        kind = _numeric_kind(feature.tf_dtype)
         if kind == "tokens":
             raise ValueError(
                 f"Input feature {key!r} holds integers of unknown vocabulary "
@@ -236,7 +236,7 @@ def _describe_target(feature, key, input_time):
         size = feature.feature.num_classes
         return size, size, True, _cast(tf.int32)
     if isinstance(feature, tfds.features.Tensor) and len(feature.shape) <= 1:
-        if not tf.as_dtype(feature.dtype).is_floating:
+        if not feature.tf_dtype.is_floating:
             raise ValueError(
                 f"Target feature {key!r} holds integers without a number of "
                 f"classes (declare it as a ClassLabel), got {feature!r}"
@@ -260,6 +260,34 @@ def _check_positive(name, value, allow_none=False):
         none = " or None" if allow_none else ""
         raise ValueError(
             f"Argument `{name}` must be a positive integer{none}, got {value!r}"
+        )
+
+
+def _check_split(split, builder):
+    """Refuses a split expression that names no split or selects nothing.
+
+    TFDS accepts ``"test[5:2]"`` and fails only when the dataset is read.
+    """
+    if not isinstance(split, str):
+        raise TypeError(
+            f"Argument `split` must be a TFDS split string such as 'test' or "
+            f"'train[:10%]', got {split!r}"
+        )
+    splits = builder.info.splits
+    if not splits:
+        return  # not prepared yet: as_dataset reports it
+    try:
+        examples = splits[split].num_examples
+    except (ValueError, KeyError, AssertionError) as error:
+        raise ValueError(
+            f"Argument `split`: {split!r} is not a split of {builder.name} "
+            f"(splits: {sorted(splits)}): {error}"
+        ) from None
+    if examples < 1:
+        raise ValueError(
+            f"Argument `split`: {split!r} selects no examples of "
+            f"{builder.name} ({examples}); expected a non-empty split such as "
+            f"'test' or 'train[:10%]' (slices run start:stop, start < stop)"
         )
 
 
@@ -310,6 +338,7 @@ def load_raw(
         if manual_dir is not None:
             config = tfds.download.DownloadConfig(manual_dir=str(manual_dir))
         builder.download_and_prepare(download_config=config)
+    _check_split(split, builder)
     try:
         dataset = builder.as_dataset(
             split=split,

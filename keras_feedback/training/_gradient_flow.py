@@ -352,40 +352,6 @@ def _probe_batch(data, max_examples):
     return x, y
 
 
-# TensorBoard's summary data classes (tensorflow/core/framework/summary.proto).
-# The summaries are written with TF's own `tf.summary.write` and the metadata
-# TensorBoard's scalar and image plugins read, so that logging needs no
-# `tensorboard` package (only viewing the logs does).
-_DATA_CLASS_SCALAR = 1
-_DATA_CLASS_BLOB_SEQUENCE = 3
-
-
-def _metadata(plugin, data_class):
-    return tf.compat.v1.SummaryMetadata(
-        plugin_data=tf.compat.v1.SummaryMetadata.PluginData(plugin_name=plugin),
-        data_class=data_class,
-    )
-
-
-def _write_scalar(tag, value):
-    tf.summary.write(
-        tag,
-        tf.constant(float(value), tf.float32),
-        metadata=_metadata("scalars", _DATA_CLASS_SCALAR),
-    )
-
-
-def _write_png(tag, png):
-    """Writes one PNG image as TensorBoard's image plugin stores images."""
-    image = tf.image.decode_png(png)
-    height, width = int(image.shape[0]), int(image.shape[1])
-    tf.summary.write(
-        tag,
-        tf.constant([str(width).encode(), str(height).encode(), png]),
-        metadata=_metadata("images", _DATA_CLASS_BLOB_SEQUENCE),
-    )
-
-
 def heatmap_png(steps, norms, title="log10 |dL/dh_t|"):
     """A PNG (bytes) of ``log10 norms``: time step (y) x training step (x)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -535,12 +501,11 @@ class GradientFlow(keras.callbacks.Callback):
         }
         if report.jacobian_norms is not None:
             scalars["mean_jacobian_norm"] = np.mean(report.jacobian_norms)
+        png = heatmap_png(self.steps, self.gradient_norms)
         with self._writer.as_default(step=step):
             for name, value in scalars.items():
-                _write_scalar(f"gradient_flow/{name}", value)
-            _write_png(
-                "gradient_flow/heatmap", heatmap_png(self.steps, self.gradient_norms)
-            )
+                tf.summary.scalar(f"gradient_flow/{name}", float(value))
+            tf.summary.image("gradient_flow/heatmap", tf.image.decode_png(png)[None])
         self._writer.flush()
 
     def on_train_end(self, logs=None):
