@@ -1,7 +1,6 @@
 """GradientFlow: ‖∂L/∂h_t‖ per time step, step Jacobians, verdicts, CLI."""
 
 import json
-import os
 
 import keras
 import numpy as np
