@@ -40,7 +40,7 @@ def test_demo_exports_verify_and_figures_are_written(data_dir, tmp_path, capsys)
             "--task",
             "adding_problem/T50",
             "--steps",
-            "20",
+            "30",
             "--max-examples",
             "256",
             "--out",
@@ -50,7 +50,10 @@ def test_demo_exports_verify_and_figures_are_written(data_dir, tmp_path, capsys)
         ]
     )
     out = capsys.readouterr().out
-    assert code == 0, out
+    # 30 steps do not reach the goal: the job ran, its check failed (exit 1).
+    assert code == 1, out
+    assert "(NOT reached: test MSE < 0.01)" in _table_value(out, "test MSE")
+    assert "the goal (test MSE < 0.01) was NOT reached" in out
     assert _table_value(out, "parity").startswith("float OK")
     assert "int8 OK" in _table_value(out, "parity")
     float_error = float(_table_value(out, "LiteRT float32 error").split()[0])

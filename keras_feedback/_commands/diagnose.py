@@ -9,9 +9,10 @@ verdict: the figures of ``keras_feedback.training.GradientFlow.measure``.
 """
 
 import json
-import os
 
 import numpy as np
+
+from keras_feedback import _commands
 
 HELP = (
     "Measure the gradient flow through time of a saved feedback model on a "
@@ -31,7 +32,10 @@ def add_arguments(parser):
     parser.add_argument("--split", default="test", help="TFDS split (default: test)")
     parser.add_argument("--data-dir", default=None, help="TFDS data directory")
     parser.add_argument(
-        "--batch-size", type=int, default=32, help="examples in the batch (default 32)"
+        "--batch-size",
+        type=_commands.positive_int,
+        default=32,
+        help="examples in the batch (default 32)",
     )
     parser.add_argument("--layer", default=None, help="name of the Feedback layer")
     parser.add_argument(
@@ -46,29 +50,34 @@ def add_arguments(parser):
 
 
 def _npz(path, batch_size):
-    with np.load(path) as archive:
+    try:
+        archive = np.load(path)
+    except (OSError, ValueError) as error:
+        raise _commands.UsageError(
+            f"--data {path!r}: not a readable .npz file ({_commands.one_line(error)})"
+        ) from None
+    if isinstance(archive, np.ndarray):
+        raise _commands.UsageError(
+            f"--data {path!r}: expected a .npz file with arrays x and y, got one "
+            "array (.npy)"
+        )
+    with archive:
         keys = list(archive.keys())
         for x_key, y_key in (("x", "y"), ("inputs", "targets")):
             if x_key in archive and y_key in archive:
                 break
         else:
             if len(keys) < 2:
-                raise ValueError(
-                    f"Argument `--data`: {path!r} must hold two arrays (x, y), "
-                    f"got {keys}"
+                raise _commands.UsageError(
+                    f"--data {path!r} must hold two arrays (x, y), got {keys}"
                 )
             x_key, y_key = keys[:2]
         return archive[x_key][:batch_size], archive[y_key][:batch_size]
 
 
 def _batch(args):
-    if args.batch_size < 1:
-        raise ValueError(
-            f"Argument `--batch-size` must be a positive integer, got {args.batch_size}"
-        )
     if args.data.endswith(".npz"):
-        if not os.path.isfile(args.data):
-            raise ValueError(f"Argument `--data`: no file at {args.data!r}")
+        _commands.input_file("--data", args.data)
         return _npz(args.data, args.batch_size)
     import keras_feedback
 
@@ -91,22 +100,16 @@ def _table(report):
 
 
 def run(args):
-    import keras
-
     import keras_feedback
 
-    if not os.path.isfile(args.model):
-        print(f"error: no model file at {args.model!r}")
-        return 2
-    model = keras.saving.load_model(args.model)
-    try:
-        x, y = _batch(args)
-        report = keras_feedback.training.GradientFlow.measure(
-            model, x, y, layer=args.layer, jacobian=not args.no_jacobian, loss=args.loss
-        )
-    except (ValueError, TypeError) as error:
-        print(f"error: {error}")
-        return 2
+    _commands.input_file("model", args.model)
+    if args.json:
+        _commands.output_file("--json", args.json)
+    model = _commands.load_keras_model("model", args.model)
+    x, y = _batch(args)
+    report = keras_feedback.training.GradientFlow.measure(
+        model, x, y, layer=args.layer, jacobian=not args.no_jacobian, loss=args.loss
+    )
     print(f"model: {args.model} ({model.name}), batch of {len(x)} from {args.data}")
     print(_table(report))
     print(report.summary())

@@ -7,9 +7,9 @@ model, the sizes and the latency per time step. Exits with status 1 when an
 export is further from Keras than its tolerance.
 """
 
-import os
-
 import numpy as np
+
+from keras_feedback import _commands
 
 HELP = (
     "Export a .keras model as a SavedModel (TF Serving: serving_default, "
@@ -33,7 +33,10 @@ def add_arguments(parser):
         help="TF Serving base folder: writes DIR/VERSION/ (a SavedModel)",
     )
     parser.add_argument(
-        "--version", type=int, default=1, help="SavedModel version folder (1)"
+        "--version",
+        type=_commands.positive_int,
+        default=1,
+        help="SavedModel version folder (1)",
     )
     parser.add_argument("--litert", metavar="FILE", help="the .tflite file to write")
     parser.add_argument(
@@ -57,15 +60,26 @@ def add_arguments(parser):
         "--overwrite", action="store_true", help="replace existing outputs"
     )
     parser.add_argument(
-        "--batch", type=int, default=2, help="batch of the check inputs (2)"
+        "--batch",
+        type=_commands.positive_int,
+        default=2,
+        help="batch of the check inputs (2)",
     )
     parser.add_argument(
-        "--time", type=int, default=16, help="time steps of the check inputs (16)"
+        "--time",
+        type=_commands.positive_int,
+        default=16,
+        help="time steps of the check inputs (16)",
     )
-    parser.add_argument("--seed", type=int, default=0, help="check inputs seed (0)")
+    parser.add_argument(
+        "--seed",
+        type=_commands.non_negative_int,
+        default=0,
+        help="check inputs seed (0)",
+    )
     parser.add_argument(
         "--tolerance",
-        type=float,
+        type=_commands.positive_float,
         help="max error relative to the largest |Keras output| allowed for "
         "every export (default: 1e-4 float, 1e-2 float16, 1.5e-2 dynamic "
         "range, int8 not checked)",
@@ -97,7 +111,14 @@ def check_inputs(plan, batch, time, seed):
 def _load_representative(path):
     if path is None:
         return None
-    data = np.load(path)
+    flag = "--representative-data"
+    _commands.input_file(flag, path)
+    try:
+        data = np.load(path)
+    except (OSError, ValueError) as error:
+        raise _commands.UsageError(
+            f"{flag} {path!r}: not a .npy or .npz file ({_commands.one_line(error)})"
+        ) from None
     if isinstance(data, np.ndarray):
         return data
     return {name: data[name] for name in data.files}
@@ -154,31 +175,39 @@ def _status(relative, tolerance):
     return "OK" if relative <= tolerance else "FAIL"
 
 
+def _check_arguments(args):
+    """Every check that needs no TensorFlow, before anything is loaded."""
+    if not args.saved_model and not args.litert:
+        raise _commands.UsageError(
+            "give --saved-model DIR and/or --litert FILE (nothing to export)"
+        )
+    if args.quantize and not args.litert:
+        raise _commands.UsageError("--quantize applies to --litert FILE only")
+    if args.streaming and not args.litert:
+        raise _commands.UsageError("--streaming applies to --litert FILE only")
+    if args.representative_data and args.quantize not in ("int8", "int16x8"):
+        raise _commands.UsageError(
+            "--representative-data calibrates --quantize int8 or int16x8 only, "
+            f"got --quantize {args.quantize}"
+        )
+    _commands.input_file("model", args.model)
+    if args.saved_model:
+        _commands.output_folder("--saved-model", args.saved_model)
+    if args.litert:
+        _commands.output_file("--litert", args.litert)
+
+
 def run(args):
-    import sys
-
-    try:
-        return _run(args)
-    except (TypeError, ValueError) as error:
-        print(f"keras-feedback export: error: {error}", file=sys.stderr)
-        return 2
+    _check_arguments(args)
+    representative = _load_representative(args.representative_data)
+    model = _commands.load_keras_model("model", args.model, compile=False)
+    return _run(args, model, representative)
 
 
-def _run(args):
-    import keras
-
+def _run(args, model, representative):
     from keras_feedback import export
     from keras_feedback.export import _trace
 
-    if not args.saved_model and not args.litert:
-        raise SystemExit(
-            "keras-feedback export: give --saved-model DIR and/or --litert FILE"
-        )
-    if args.quantize and not args.litert:
-        raise SystemExit("keras-feedback export: --quantize applies to --litert FILE")
-    if not os.path.isfile(args.model):
-        raise SystemExit(f"keras-feedback export: no model file {args.model!r}")
-    model = keras.saving.load_model(args.model, compile=False)
     plan = _trace.ExportPlan(model)
     inputs = check_inputs(plan, args.batch, args.time, args.seed)
     rows = []
@@ -221,7 +250,7 @@ def _run(args):
             model,
             args.litert,
             quantization=args.quantize,
-            representative_data=_load_representative(args.representative_data),
+            representative_data=representative,
             streaming=args.streaming,
             overwrite=args.overwrite,
         )

@@ -22,17 +22,21 @@ prepared in the data folder the command prints the ``tfds build`` command
 to run on a machine with network access and exits with status 2.
 """
 
+import contextlib
 import json
+import math
 import os
-import sys
+import re
 import time
+
+from keras_feedback import _commands
 
 HELP = (
     "Train a model described by a JSON file on a TFDS dataset with a "
     "sequence, text or image feature (offline)."
 )
 
-EXIT_ERROR = 2  # exit status: the dataset is not prepared, or bad input
+EXIT_ERROR = _commands.EXIT_USAGE  # the dataset is not prepared, or bad input
 _TRAINING_KEYS = {
     "learning_rate": 3e-3,
     "clipnorm": 1.0,
@@ -66,7 +70,7 @@ def add_arguments(parser):
     parser.add_argument("--eval-split", default="test", help="default: test")
     parser.add_argument(
         "--max-length",
-        type=int,
+        type=_commands.positive_int,
         default=256,
         help="length texts and variable-length sequences are cut/padded to",
     )
@@ -83,9 +87,38 @@ def add_arguments(parser):
     parser.add_argument(
         "--out",
         default=os.path.join("keras_feedback_out", "train"),
-        help="folder the trained model.keras is saved to",
+        help="folder of the trained model.keras, the checkpoints "
+        "(OUT/checkpoints/epoch_NNN.keras, one per epoch) and the TensorBoard "
+        "logs (OUT/logs: tensorboard --logdir OUT/logs)",
     )
-    parser.add_argument("--seed", type=int, default=0, help="random seed")
+    parser.add_argument(
+        "--epochs",
+        type=_commands.positive_int,
+        default=None,
+        help='epochs to train (default: the model file\'s "epochs", else 1)',
+    )
+    parser.add_argument(
+        "--batch-size",
+        type=_commands.positive_int,
+        default=None,
+        help='batch size (default: the model file\'s "batch_size", else 64)',
+    )
+    parser.add_argument(
+        "--validation-split",
+        type=_commands.fraction,
+        default=None,
+        help="hold out this fraction of the training split (whole percent, "
+        "its end) and report the validation loss after every epoch",
+    )
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from the last checkpoint in OUT/checkpoints (the model "
+        "and its optimizer state), at the epoch after it",
+    )
+    parser.add_argument(
+        "--seed", type=_commands.non_negative_int, default=0, help="random seed"
+    )
     parser.add_argument(
         "--distributed",
         action="store_true",
@@ -132,7 +165,53 @@ def read_config(path):
                 f'"feedback" must be an object or a list of objects, got {layers!r}'
             )
         config["feedback"] = layers
-    return {**_TRAINING_KEYS, **config}
+    config = {**_TRAINING_KEYS, **config}
+    _check_number(config, "learning_rate", float)
+    _check_number(config, "clipnorm", float, allow_none=True)
+    for key in ("batch_size", "epochs"):
+        _check_number(config, key, int)
+    for key in ("steps_per_epoch", "embedding_dim"):
+        _check_number(config, key, int, allow_none=True)
+    return config
+
+
+def _check_number(config, key, kind, allow_none=False):
+    value = config.get(key)
+    if value is None and (allow_none or key not in config):
+        return
+    good = not isinstance(value, bool) and isinstance(value, (int, float))
+    if good and kind is int:
+        good = isinstance(value, int) or float(value).is_integer()
+    if good:
+        good = math.isfinite(value) and value > 0
+    if not good:
+        what = "a positive integer" if kind is int else "a positive number"
+        none = " or null" if allow_none else ""
+        raise ConfigError(f'"{key}" must be {what}{none}, got {value!r}')
+    config[key] = kind(value)
+
+
+def check_model(config):
+    """Builds the layers the model file describes, without data, so that a
+    typo fails before any dataset is read or generated."""
+    import keras
+
+    import keras_feedback
+
+    if "model" in config:
+        try:
+            keras.models.model_from_json(json.dumps(config["model"]))
+        except Exception as error:  # Keras raises many error types here
+            raise ConfigError(
+                f'"model" is not a Keras model config: {type(error).__name__}: '
+                f"{_commands.one_line(error, 300)}"
+            ) from None
+        return
+    for i, layer_config in enumerate(config["feedback"]):
+        try:
+            keras_feedback.layers.Feedback(**layer_config)
+        except (TypeError, ValueError) as error:
+            raise ConfigError(f'"feedback"[{i}]: {error}') from None
 
 
 def build_model(task, config):
@@ -146,7 +225,7 @@ def build_model(task, config):
     else:
         tokens = task.input_kind in ("tokens", "text")
         if tokens:
-            inputs = keras.Input((task.time_steps,), dtype="int32", name="x")
+            inputs = keras.Input((None,), dtype="int32", name="x")
             hidden = keras.layers.Embedding(
                 task.input_size,
                 int(config.get("embedding_dim") or 32),
@@ -154,7 +233,7 @@ def build_model(task, config):
                 name="embedding",
             )(inputs)
         else:
-            inputs = keras.Input((task.time_steps, task.input_size), name="x")
+            inputs = keras.Input((None, task.input_size), name="x")
             hidden = inputs
         layers = config["feedback"]
         for i, layer_config in enumerate(layers):
@@ -187,27 +266,98 @@ def build_model(task, config):
     return model
 
 
+_CHECKPOINT = re.compile(r"epoch_(\d+)\.keras$")
+
+
+def _last_checkpoint(folder):
+    """``(epoch, path)`` of the newest checkpoint in ``folder``, or None."""
+    found = []
+    if os.path.isdir(folder):
+        for name in os.listdir(folder):
+            match = _CHECKPOINT.fullmatch(name)
+            if match:
+                found.append((int(match.group(1)), os.path.join(folder, name)))
+    return max(found) if found else None
+
+
+def _splits(args):
+    """The training and validation splits (validation None without a split)."""
+    if args.validation_split is None:
+        return args.train_split, None
+    if "[" in args.train_split or "+" in args.train_split:
+        raise _commands.UsageError(
+            f"--validation-split slices --train-split itself, which must then be "
+            f"a plain split name, got --train-split {args.train_split!r}"
+        )
+    percent = round(100 * args.validation_split)
+    if not 1 <= percent <= 99:
+        raise _commands.UsageError(
+            f"--validation-split {args.validation_split}: the held-out part is "
+            f"a whole percent of the split (1 to 99), got {percent}%"
+        )
+    split = args.train_split
+    return f"{split}[:{100 - percent}%]", f"{split}[{100 - percent}%:]"
+
+
+def _check_arguments(args, config):
+    """Every check that reads no data, before the data is prepared."""
+    _commands.output_folder("--out", args.out, create=True)
+    path = os.path.join(args.out, "model.keras")
+    if os.path.isdir(path):
+        raise _commands.UsageError(f"--out: {path!r} is a folder; the model goes there")
+    if args.epochs is not None:
+        config["epochs"] = args.epochs
+    if args.batch_size is not None:
+        config["batch_size"] = args.batch_size
+    resume = None
+    if args.resume:
+        resume = _last_checkpoint(os.path.join(args.out, "checkpoints"))
+        if resume is None:
+            raise _commands.UsageError(
+                f"--resume: no checkpoint (epoch_NNN.keras) in "
+                f"{os.path.join(args.out, 'checkpoints')!r}"
+            )
+    return _splits(args), resume
+
+
+def _callbacks(out):
+    import keras
+
+    checkpoints = os.path.join(out, "checkpoints")
+    os.makedirs(checkpoints, exist_ok=True)
+    return [
+        keras.callbacks.ModelCheckpoint(
+            os.path.join(checkpoints, "epoch_{epoch:03d}.keras")
+        ),
+        keras.callbacks.TensorBoard(os.path.join(out, "logs")),
+    ]
+
+
 def run(args):
+    try:
+        config = read_config(args.model)
+    except ConfigError as error:
+        raise _commands.UsageError(f"--model {args.model!r}: {error}") from None
+    (train_split, validation_split), resume = _check_arguments(args, config)
+    try:
+        check_model(config)
+    except ConfigError as error:
+        raise _commands.UsageError(f"--model {args.model!r}: {error}") from None
+    return _train(args, config, train_split, validation_split, resume)
+
+
+def _train(args, config, train_split, validation_split, resume):
     import keras
 
     from keras_feedback import datasets
     from keras_feedback.training import distribute
 
-    try:
-        config = read_config(args.model)
-    except ConfigError as error:
-        print(f"keras-feedback train: error: {error}", file=sys.stderr)
-        return EXIT_ERROR
     strategy = None
     if getattr(args, "distributed", False):
         # Before any other TensorFlow operation: a multi-worker strategy
         # configures the runtime.
-        try:
-            strategy = distribute.strategy_from_environment()
-            distribute.per_replica_batch_size(int(config["batch_size"]), strategy)
-        except ValueError as error:
-            print(f"keras-feedback train: error: {error}", file=sys.stderr)
-            return EXIT_ERROR
+        strategy = distribute.strategy_from_environment()
+        distribute.per_replica_batch_size(int(config["batch_size"]), strategy)
     keras.utils.set_random_seed(args.seed)
     load = dict(
         data_dir=args.data_dir,
@@ -217,46 +367,54 @@ def run(args):
         manual_dir=args.manual_dir,
         seed=args.seed,
     )
-    try:
-        train, task = datasets.load(
-            args.dataset, args.train_split, shuffle=True, **load
-        )
-        evaluation, _ = datasets.load(args.dataset, args.eval_split, **load)
-    except datasets.DatasetNotPreparedError as error:
-        print(f"keras-feedback train: {error}", file=sys.stderr)
-        return EXIT_ERROR
-    except ValueError as error:
-        print(f"keras-feedback train: error: {error}", file=sys.stderr)
-        return EXIT_ERROR
+    train, task = datasets.load(args.dataset, train_split, shuffle=True, **load)
+    evaluation, _ = datasets.load(args.dataset, args.eval_split, **load)
+    validation = None
+    if validation_split is not None:
+        validation, _ = datasets.load(args.dataset, validation_split, **load)
     if strategy is not None:
         train = distribute.shard_by_data(train)
         evaluation = distribute.shard_by_data(evaluation)
-    try:
-        if strategy is None:
-            model = build_model(task, config)
-        else:
-            with strategy.scope():
+        if validation is not None:
+            validation = distribute.shard_by_data(validation)
+    scope = strategy.scope() if strategy is not None else contextlib.nullcontext()
+    initial_epoch = 0
+    with scope:
+        try:
+            if resume is None:
                 model = build_model(task, config)
-    except (ConfigError, ValueError) as error:
-        print(f"keras-feedback train: error: {error}", file=sys.stderr)
-        return EXIT_ERROR
+            else:
+                initial_epoch, path = resume
+                model = _commands.load_keras_model("--resume", path)
+        except ConfigError as error:
+            raise _commands.UsageError(f"--model {args.model!r}: {error}") from None
     print(
         f"{task.name}: {task.input_kind} input '{task.input_key}' "
         f"({task.time_steps} steps x {task.input_size}), target "
         f"'{task.target_key}' ({task.loss}); {model.count_params():,} parameters"
     )
+    if resume is not None:
+        print(f"resuming after epoch {initial_epoch} from {resume[1]}")
     steps = config["steps_per_epoch"]
+    epochs = int(config["epochs"])
     start = time.perf_counter()
-    model.fit(
-        train.repeat() if steps else train,
-        epochs=int(config["epochs"]),
-        steps_per_epoch=steps,
-        shuffle=False,
-        verbose=1,
-    )
+    if initial_epoch < epochs:
+        model.fit(
+            train.repeat() if steps else train,
+            epochs=epochs,
+            initial_epoch=initial_epoch,
+            steps_per_epoch=steps,
+            validation_data=validation,
+            callbacks=_callbacks(args.out),
+            shuffle=False,
+            verbose=1,
+        )
+    else:
+        print(
+            f"nothing to train: the checkpoint is at epoch {initial_epoch} of {epochs}"
+        )
     seconds = time.perf_counter() - start
     results = model.evaluate(evaluation, verbose=0, return_dict=True)
-    os.makedirs(args.out, exist_ok=True)
     path = os.path.join(args.out, "model.keras")
     if strategy is None:
         model.save(path)
