@@ -42,7 +42,17 @@ def check_model(model):
 
 
 def check_target(path, overwrite, argument):
-    """Raises when ``path`` exists and ``overwrite`` is false."""
+    """Raises when ``path`` exists and ``overwrite`` is false, or when a
+    folder above it is a file."""
+    parent = os.path.dirname(os.path.abspath(path))
+    while parent and not os.path.lexists(parent):
+        parent = os.path.dirname(parent)
+    if parent and not os.path.isdir(parent):
+        raise ValueError(
+            f"Argument `{argument}`: {os.fspath(path)!r} cannot be written: "
+            f"{parent!r} is a file, not a folder. Expected a path whose "
+            "existing parent is a folder."
+        )
     if os.path.lexists(path) and not overwrite:
         raise ValueError(
             f"Argument `{argument}`: {os.fspath(path)!r} already exists. Pass "

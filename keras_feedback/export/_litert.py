@@ -7,7 +7,6 @@ rewriting of the converted flatbuffer (signature, dequantised weights) and
 
 import os
 import re
-import tempfile
 import time
 import warnings
 
@@ -15,6 +14,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_feedback._api import public
+from keras_feedback.export import _atomic
 from keras_feedback.export import _calibration
 from keras_feedback.export import _common
 from keras_feedback.export import _flatbuffer
@@ -253,16 +253,7 @@ def export_litert(
             f"Argument `model`: its LiteRT conversion contains the non-builtin "
             f"ops {not_builtin}, which the stock LiteRT interpreter does not run"
         )
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, partial = tempfile.mkstemp(prefix=".partial-", suffix=".tflite", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(content)
-        os.replace(partial, path)
-    finally:
-        if os.path.exists(partial):
-            os.remove(partial)
+    _atomic.write_file(path, content)
     return path
 
 

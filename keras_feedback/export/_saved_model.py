@@ -2,7 +2,6 @@
 
 import os
 import shutil
-import tempfile
 import time
 import warnings
 
@@ -11,6 +10,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_feedback._api import public
+from keras_feedback.export import _atomic
 from keras_feedback.export import _common
 from keras_feedback.export import _trace
 
@@ -113,6 +113,9 @@ def export_saved_model(model, directory, version=1, overwrite=False):
     _check_version(version)
     directory = os.fspath(directory)
     target = os.path.join(directory, str(version))
+    _common.check_target(target, True, "directory")
+    # First recover a version a killed export left renamed aside.
+    _atomic.clean(directory)
     _common.check_target(target, overwrite, "directory")
     plan = _trace.ExportPlan(model)
     kinds = {SERVING_DEFAULT: "sequence"}
@@ -126,12 +129,10 @@ def export_saved_model(model, directory, version=1, overwrite=False):
             stacklevel=2,
         )
     os.makedirs(directory, exist_ok=True)
-    staging = tempfile.mkdtemp(prefix=f".{version}.partial-", dir=directory)
+    staging = _atomic.staging_folder(directory, str(version))
     try:
         write_archive(plan, staging, kinds)
-        if os.path.lexists(target):
-            shutil.rmtree(target)
-        os.replace(staging, target)
+        _atomic.swap_folder(staging, target)
     finally:
         if os.path.exists(staging):
             shutil.rmtree(staging)
