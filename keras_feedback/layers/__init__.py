@@ -1,8 +1,15 @@
 """Public layers of keras_feedback."""
 
 from keras_feedback.layers._conv_feedback import ConvFeedback2D
+from keras_feedback.layers._equilibrium import Equilibrium
 from keras_feedback.layers._feedback import Feedback
 from keras_feedback.layers._feedback import FeedbackCell
 from keras_feedback.layers._feedback_loop import FeedbackLoop
 
-__all__ = ["ConvFeedback2D", "Feedback", "FeedbackCell", "FeedbackLoop"]
+__all__ = [
+    "ConvFeedback2D",
+    "Equilibrium",
+    "Feedback",
+    "FeedbackCell",
+    "FeedbackLoop",
+]
