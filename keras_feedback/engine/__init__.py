@@ -8,10 +8,16 @@ every engine has the signature of ``keras_feedback.engine._reference.run``.
   an XLA-compiled reverse-time loop as its gradient.
 - ``"reference"``: a plain ``tf.while_loop`` differentiated by TensorFlow;
   the oracle of the fused engine.
-- ``"auto"``: ``"xla"``, except with ``unroll=True``, where it is
-  ``"reference"``: an unrolled loop is asked for to get a loop-free graph
-  (e.g. for export), and compiling an unrolled loop with XLA costs compile
-  time that grows with the sequence length.
+- ``"auto"``: ``"xla"`` where the graph runs in this process: eager calls,
+  calls under a gradient tape (training) and calls inside a distribution
+  strategy's ``run`` (every step of Keras's ``fit``, ``evaluate`` and
+  ``predict``). A graph traced outside all three (``model.export``,
+  ``tf.lite.TFLiteConverter.from_keras_model``, ``tf.saved_model.save``, a
+  ``tf.function`` of one's own) may be saved and run where XLA is off, or
+  converted to LiteRT: there ``"auto"`` is ``"reference"``. With
+  ``unroll=True`` it is always ``"reference"``: an unrolled loop is asked for
+  to get a loop-free graph, and compiling an unrolled loop with XLA costs
+  compile time that grows with the sequence length.
 
 ``scope(name)`` makes every layer called inside the block run engine
 ``name``, whatever its own ``engine`` argument: export traces with
@@ -23,6 +29,9 @@ per bucket rather than once per sequence length. See ``docs/engine.md``.
 
 import contextlib
 import contextvars
+
+import tensorflow as tf
+from tensorflow.python.eager import record
 
 from keras_feedback.engine import _reference
 from keras_feedback.engine import _xla
@@ -74,13 +83,26 @@ def scoped():
     return _SCOPED.get()
 
 
+def _runs_here():
+    """Whether the call being made runs in this process only: eagerly, under
+    a gradient tape, or inside a distribution strategy's ``run`` (where
+    Keras's train, test and predict steps run). The default replica context
+    (no ``run``) numbers its replica with a Python int, ``run`` with a
+    tensor."""
+    if tf.executing_eagerly() or record.could_possibly_record():
+        return True
+    context = tf.distribute.get_replica_context()
+    return context is not None and not isinstance(context.replica_id_in_sync_group, int)
+
+
 def resolve(name, unroll=False):
-    """The engine ``name`` stands for here: the scoped one if any, and
-    ``"auto"`` as ``"reference"`` when unrolled, else ``"xla"``."""
+    """The engine ``name`` stands for here: the scoped one if any; ``"auto"``
+    as ``"reference"`` when unrolled or traced into a graph that may be
+    exported (see the module docstring), else ``"xla"``."""
     name = _SCOPED.get() or name
     if name != "auto":
         return name
-    return "reference" if unroll else "xla"
+    return "xla" if not unroll and _runs_here() else "reference"
 
 
 def get(name, unroll=False):
