@@ -423,7 +423,8 @@ class Equilibrium(BlockFeedback):
             tape.watch(z)
             _, fz = self._run_block(self._combine(x, z), training)
         product = tape.gradient(fz, z, output_gradients=tf.cast(probe, fz.dtype))
-        flat = tf.reshape(tf.cast(product, tf.float32), [tf.shape(z)[0], -1])
+        dtype = tf.float64 if z.dtype == tf.float64 else tf.float32
+        flat = tf.reshape(tf.cast(product, dtype), [tf.shape(z)[0], -1])
         squares = tf.reduce_sum(tf.square(flat), axis=-1)
         squares = tf.where(converged, squares, tf.zeros_like(squares))
         return self.jacobian_regularization * tf.reduce_mean(squares)

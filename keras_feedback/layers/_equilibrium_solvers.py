@@ -77,6 +77,10 @@ def relative_residual(fz, z):
     return _norm(fz - z) / (_norm(z) + RESIDUAL_EPSILON)
 
 
+def _tiny(dtype):
+    return tf.constant(1e-300 if dtype == tf.float64 else 1e-30, dtype)
+
+
 def _inf(dtype):
     return tf.constant(float("inf"), dtype)
 
@@ -103,7 +107,7 @@ def cholesky_solve(h, b):
     """
     m = h.shape[-1]
     entries = [tf.unstack(row, axis=-1) for row in tf.unstack(h, axis=1)]
-    tiny = tf.constant(1e-30, h.dtype)
+    tiny = _tiny(h.dtype)
     low = [[None] * m for _ in range(m)]
     for j in range(m):
         pivot = entries[j][j] - sum(low[j][k] * low[j][k] for k in range(j))
@@ -136,15 +140,15 @@ def _anderson(settings, k, points, images):
     both = tf.logical_and(filled[:, None], filled[None, :])
     gram = tf.where(both[None], gram, tf.zeros_like(gram))
     count = tf.cast(tf.minimum(k + 1, m), dtype)
-    # The slots not yet filled hold zeros: the sum of squares is the trace.
+    # Scaled to a unit mean diagonal (the slots not yet filled hold zeros:
+    # the sum of squares is the trace), so the ridge is relative and the
+    # factorisation sees entries of order one however small the residuals.
     scale = tf.reduce_sum(tf.square(residuals), axis=[1, 2]) / count
-    scale = scale + tf.constant(1e-30, dtype)
+    gram = gram / (scale[:, None, None] + _tiny(dtype))
     ridge = tf.where(
-        filled[None, :],
-        settings.regularization * scale[:, None],
-        tf.ones_like(scale)[:, None],
+        filled, tf.constant(settings.regularization, dtype), tf.constant(1.0, dtype)
     )
-    gram = gram + ridge[:, :, None] * tf.eye(m, dtype=dtype)[None]
+    gram = gram + ridge[:, None] * tf.eye(m, dtype=dtype)
     u = cholesky_solve(gram, tf.cast(filled, dtype))
     alpha = u / tf.reduce_sum(u, axis=-1, keepdims=True)
     alpha = alpha[:, :, None]
