@@ -82,7 +82,8 @@ def add_arguments(parser):
         type=_commands.positive_float,
         help="max error relative to the largest |Keras output| allowed for "
         "every export (default: 1e-4 float, 1e-2 float16, 1.5e-2 dynamic "
-        "range, int8 not checked)",
+        "range, int8 not checked; at least 1e-2 for a mixed_float16 and "
+        "5e-2 for a mixed_bfloat16 model)",
     )
 
 
@@ -218,7 +219,8 @@ def _run(args, model, representative):
         report = export.verify_saved_model(
             model, args.saved_model, inputs, version=args.version
         )
-        tolerance = TOLERANCES[None] if args.tolerance is None else args.tolerance
+        # The default scales with the model's compute dtype (verify_*).
+        tolerance = report["tolerance"] if args.tolerance is None else args.tolerance
         steps = inputs[plan.input_names[0]].shape[1]
         rows.append(
             {
@@ -256,8 +258,8 @@ def _run(args, model, representative):
         )
         report = export.verify_litert(model, path, inputs)
         tolerance = args.tolerance
-        if tolerance is None:
-            tolerance = TOLERANCES[args.quantize]
+        if tolerance is None and TOLERANCES[args.quantize] is not None:
+            tolerance = max(TOLERANCES[args.quantize], report["tolerance"])
         kind = "step" if args.streaming else "sequence"
         rows.append(
             {

@@ -8,7 +8,17 @@ import keras
 import numpy as np
 
 from keras_feedback import engine as engines
+from keras_feedback.layers._feedback_loop import nested_layers
 from keras_feedback.layers._recurrent import pure_calls
+
+# Default tolerance of ``verify_*`` (and the CLI): the max error relative to
+# the largest |Keras output| of an export that computes in float32, by the
+# compute dtype of the Keras model it is compared with. In float32 that is
+# float32 rounding (measured <= 5e-7); under a mixed policy it is the Keras
+# model's own half-precision rounding (measured on the 24 models of
+# tests/test_export_matrix.py and on stacked models: see export/README.md).
+DEFAULT_TOLERANCES = {"float32": 1e-4, "float16": 1e-2, "bfloat16": 5e-2}
+HALF_DTYPES = ("float16", "bfloat16")
 
 # The engine every exported graph is traced with: a plain ``tf.while_loop``
 # that TF Serving runs as is and that converts to LiteRT's builtin WHILE.
@@ -39,6 +49,33 @@ def check_model(model):
             f"({type(model).__name__}) which has no symbolic inputs"
         )
     return model
+
+
+def compute_dtype_of(model):
+    """The least precise compute dtype of ``model``'s layers: ``"float16"``,
+    ``"bfloat16"`` or ``"float32"`` (also for float64)."""
+    dtypes = {getattr(layer, "compute_dtype", None) for layer in nested_layers(model)}
+    for dtype in HALF_DTYPES:
+        if dtype in dtypes:
+            return dtype
+    return "float32"
+
+
+def tolerance_for(model, tolerance, argument="tolerance"):
+    """``tolerance``, or by default ``DEFAULT_TOLERANCES`` of the model's
+    compute dtype."""
+    if tolerance is None:
+        return DEFAULT_TOLERANCES[compute_dtype_of(model)]
+    if isinstance(tolerance, bool) or not isinstance(tolerance, (int, float)):
+        raise TypeError(
+            f"Argument `{argument}` must be a number or None, got "
+            f"{type(tolerance).__name__}: {tolerance!r}"
+        )
+    if not tolerance >= 0:
+        raise ValueError(
+            f"Argument `{argument}` must be a non-negative number, got {tolerance!r}"
+        )
+    return float(tolerance)
 
 
 def check_target(path, overwrite, argument):

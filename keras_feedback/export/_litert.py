@@ -102,7 +102,7 @@ def _concrete_function(plan, kind):
 
 def _converter(plan, concrete_function, quantization, samples, streaming):
     converter = tf.lite.TFLiteConverter.from_concrete_functions(
-        [concrete_function], plan.model
+        [concrete_function], plan.traced
     )
     # Freeze the traced function directly rather than through a SavedModel:
     # 3-5x faster, and it also freezes the variables the WHILE body reads.
@@ -312,7 +312,7 @@ def _run_stream(interpreter, named, plan):
 
 
 @public("keras_feedback.export.verify_litert")
-def verify_litert(model, path, inputs):
+def verify_litert(model, path, inputs, tolerance=None):
     """Runs a LiteRT file in ``ai_edge_litert``'s interpreter against ``model``.
 
     A whole-sequence file is resized to ``inputs``' batch and time and run
@@ -327,6 +327,11 @@ def verify_litert(model, path, inputs):
         path: the ``.tflite`` file.
         inputs: whole sequences: an array ``(batch, time, ...)``, a list in
             the model's input order or a dict by input name.
+        tolerance: the max relative error allowed; None: that of a float
+            file for the compute dtype of ``model``, as ``verify_saved_model``
+            (1e-4, 1e-2 under ``mixed_float16``, 5e-2 under
+            ``mixed_bfloat16``); a quantised file's error is the
+            quantisation's (export/README.md): pass its tolerance.
 
     Returns:
         A dict: ``max_abs_error``, ``max_rel_error`` (the absolute error over
@@ -335,12 +340,14 @@ def verify_litert(model, path, inputs):
         each output, by name), ``size_bytes``, ``streaming``, ``ops``
         (``litert_ops``), ``latency_ms`` (one invoke: a whole sequence, or
         one step) and ``step_latency_ms`` (per time step: the step invoke, or
-        the sequence invoke over the number of steps).
+        the sequence invoke over the number of steps), ``tolerance`` and
+        ``within_tolerance`` (``max_rel_error`` at most ``tolerance``).
     """
+    tolerance = _common.tolerance_for(model, tolerance)
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise ValueError(f"Argument `path`: no LiteRT file at {path!r}")
-    plan = _trace.ExportPlan(model)
+    plan = _trace.ExportPlan(model, compute_dtype=None)
     named = plan.named_inputs(inputs)
     expected = plan.keras_outputs(named)
     interpreter = _interpreter(model_path=path)
@@ -372,4 +379,6 @@ def verify_litert(model, path, inputs):
         "ops": litert_ops(path),
         "latency_ms": latency,
         "step_latency_ms": step_latency,
+        "tolerance": tolerance,
+        "within_tolerance": tally.max_rel <= tolerance,
     }

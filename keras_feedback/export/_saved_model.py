@@ -41,7 +41,7 @@ def write_archive(plan, directory, kinds):
     }
     with _common.export_mode(plan.model):
         archive = keras.export.ExportArchive()
-        archive.track(plan.model)
+        archive.track(plan.traced)
         for name, kind in kinds.items():
             archive.add_endpoint(
                 name, functions[kind], input_signature=plan.signature(kind)
@@ -50,7 +50,9 @@ def write_archive(plan, directory, kinds):
 
 
 @public("keras_feedback.export.export_saved_model")
-def export_saved_model(model, directory, version=1, overwrite=False):
+def export_saved_model(
+    model, directory, version=1, overwrite=False, compute_dtype="float32"
+):
     """Exports ``model`` as a SavedModel in TF Serving's layout.
 
     Writes ``<directory>/<version>/`` with the signatures:
@@ -91,7 +93,16 @@ def export_saved_model(model, directory, version=1, overwrite=False):
         model: a built functional or Sequential Keras model.
         directory: the model's base folder (TF Serving's ``base_path``).
         version: positive int, the version folder to write.
-        overwrite: replace ``<directory>/<version>`` when it exists.
+        overwrite: replace ``<directory>/<version>`` when it exists: the new
+            version is written beside it and swapped in at once (one
+            ``renameat2`` exchange on Linux), the old one removed after; a
+            killed export never leaves a partial version, and what it left
+            beside the versions (non-numeric folders, which TF Serving
+            ignores) is removed by the next export.
+        compute_dtype: ``"float32"`` (default): the graph computes in
+            float32, also for a model under a ``mixed_float16`` /
+            ``mixed_bfloat16`` policy (whose variables are float32; its
+            outputs are then float32); None: in the model's own dtypes.
 
     Returns:
         The path of the version folder.
@@ -117,7 +128,7 @@ def export_saved_model(model, directory, version=1, overwrite=False):
     # First recover a version a killed export left renamed aside.
     _atomic.clean(directory)
     _common.check_target(target, overwrite, "directory")
-    plan = _trace.ExportPlan(model)
+    plan = _trace.ExportPlan(model, compute_dtype=compute_dtype)
     kinds = {SERVING_DEFAULT: "sequence"}
     if plan.streamable:
         kinds[STEP] = "checked_step"
@@ -176,7 +187,7 @@ def compare_steps(step_outputs, expected):
 
 
 @public("keras_feedback.export.verify_saved_model")
-def verify_saved_model(model, directory, inputs, version=1):
+def verify_saved_model(model, directory, inputs, version=1, tolerance=None):
     """Reloads an exported SavedModel and compares it with ``model``.
 
     Args:
@@ -185,6 +196,10 @@ def verify_saved_model(model, directory, inputs, version=1):
         inputs: whole sequences: an array ``(batch, time, ...)``, a list in
             the model's input order or a dict by input name.
         version: the version folder to read.
+        tolerance: the max relative error (``*_max_rel_error``) allowed;
+            None: by the compute dtype of ``model`` (the errors of a float32
+            export against Keras's own rounding): 1e-4 for float32, 1e-2
+            under ``mixed_float16``, 5e-2 under ``mixed_bfloat16``.
 
     Returns:
         A dict: ``serving_max_abs_error`` and ``serving_max_rel_error``
@@ -193,13 +208,15 @@ def verify_saved_model(model, directory, inputs, version=1):
         over the time axis from ``initial_state``, against the Keras
         outputs; None without a ``step`` signature), ``signatures``,
         ``size_bytes``, ``serving_latency_ms`` (one call on ``inputs``) and
-        ``step_latency_ms`` (median per step).
+        ``step_latency_ms`` (median per step), ``tolerance`` and
+        ``within_tolerance`` (every relative error at most ``tolerance``).
     """
     _check_version(version)
+    tolerance = _common.tolerance_for(model, tolerance)
     path = os.path.join(os.fspath(directory), str(version))
     if not os.path.isdir(path):
         raise ValueError(f"Argument `directory`: no SavedModel version folder {path!r}")
-    plan = _trace.ExportPlan(model)
+    plan = _trace.ExportPlan(model, compute_dtype=None)
     named = plan.named_inputs(inputs)
     expected = plan.keras_outputs(named)
     loaded = tf.saved_model.load(path)
@@ -232,4 +249,9 @@ def verify_saved_model(model, directory, inputs, version=1):
             step_max_rel_error=tally.max_rel,
             step_latency_ms=step_ms,
         )
+    errors = [report["serving_max_rel_error"], report["step_max_rel_error"]]
+    report["tolerance"] = tolerance
+    report["within_tolerance"] = all(
+        error <= tolerance for error in errors if error is not None
+    )
     return report

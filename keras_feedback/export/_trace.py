@@ -33,10 +33,41 @@ from keras_feedback.export._step_walker import _StepWalker
 from keras_feedback.export._step_walker import _Value
 from keras_feedback.export._step_walker import describe
 from keras_feedback.layers._feedback_loop import nested_layers
+from keras_feedback.layers._recurrent import FeedbackRNN
 
 SINGLE_INPUT = "x"
 SINGLE_OUTPUT = "y"
 BATCH_SIZE = "batch_size"
+
+
+# What an export computes in: float32 (by default: LiteRT has no builtin
+# float16 or bfloat16 kernels for most ops, and float32 on the float32
+# variables of a mixed policy is closer to the model than Keras's own half
+# precision), or None: the model's own dtypes.
+COMPUTE_DTYPES = ("float32", None)
+
+
+def _float32_layer(operation):
+    config = operation.get_config()
+    if getattr(operation, "compute_dtype", None) in _common.HALF_DTYPES:
+        config["dtype"] = "float32"
+    return operation.__class__.from_config(config)
+
+
+def float32_model(model):
+    """A copy of ``model`` whose half-precision layers compute in float32:
+    same weights (their variables are float32 under a mixed policy) and the
+    same states of stateful layers; ``model`` itself is not changed."""
+    copy = keras.models.clone_model(
+        model, clone_function=_float32_layer, recursive=True
+    )
+    copy.set_weights(model.get_weights())
+    for source, target in zip(nested_layers(model), nested_layers(copy)):
+        states = getattr(source, "states", None)
+        if isinstance(source, FeedbackRNN) and states is not None:
+            for value, variable in zip(states, target.states):
+                variable.assign(tf.cast(value, variable.dtype))
+    return copy
 
 
 def _structure(model, attribute):
@@ -61,8 +92,13 @@ class ExportPlan:
 
     Args:
         model: a built functional or Sequential Keras model.
+        compute_dtype: ``"float32"``: the traced functions compute in
+            float32 (a half-precision model is traced as ``float32_model``);
+            None: in the model's own dtypes.
 
     Attributes:
+        traced: the model the functions run (``model`` or its float32
+            copy); ``keras_outputs`` runs ``model`` itself.
         input_names, output_names: signature names of the model's inputs
             and outputs (``"x"`` / ``"y"`` for a single one).
         input_specs: ``{name: tf.TensorSpec}`` of whole sequences.
@@ -74,8 +110,17 @@ class ExportPlan:
         step_problems: why there is no step function (empty when there is).
     """
 
-    def __init__(self, model):
+    def __init__(self, model, compute_dtype="float32"):
         self.model = _common.check_model(model)
+        if compute_dtype not in COMPUTE_DTYPES:
+            raise ValueError(
+                f"Argument `compute_dtype` must be one of {COMPUTE_DTYPES}, got "
+                f"{compute_dtype!r}"
+            )
+        self.traced = model
+        half = _common.compute_dtype_of(model) in _common.HALF_DTYPES
+        if compute_dtype == "float32" and half:
+            self.traced = float32_model(model)
         inputs = _flat(_structure(model, "input"))
         if len(inputs) == 1:
             self.input_names = [SINGLE_INPUT]
@@ -185,7 +230,7 @@ class ExportPlan:
     def sequence_fn(self, inputs):
         """The model on whole sequences: ``{input name}`` -> ``{output name}``."""
         flat = [inputs[name] for name in self.input_names]
-        outputs = self.model(self._pack(flat), training=False)
+        outputs = self.traced(self._pack(flat), training=False)
         flat_outputs = tf.nest.flatten(outputs)
         return dict(zip(self.output_names, flat_outputs))
 
@@ -308,7 +353,7 @@ class ExportPlan:
             for name in self.input_names
         ]
         walker = _StepWalker(states)
-        outputs = walker.run_model(self.model, values, prefix="")
+        outputs = walker.run_model(self.traced, values, prefix="")
         result = {}
         for name, value in zip(self.output_names, outputs):
             result[name] = value.tensor[:, 0] if value.step else value.tensor
