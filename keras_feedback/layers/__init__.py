@@ -1,6 +1,7 @@
 """Public layers of keras_feedback."""
 
 from keras_feedback.layers._conv_feedback import ConvFeedback2D
+from keras_feedback.layers._convert import convert
 from keras_feedback.layers._equilibrium import Equilibrium
 from keras_feedback.layers._feedback import Feedback
 from keras_feedback.layers._feedback import FeedbackCell
@@ -12,4 +13,5 @@ __all__ = [
     "Feedback",
     "FeedbackCell",
     "FeedbackLoop",
+    "convert",
 ]

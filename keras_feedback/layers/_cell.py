@@ -244,6 +244,17 @@ class FeedbackCellBase(keras.layers.Layer):
 
         return initializer
 
+    def load_own_variables(self, store):
+        if self.weights and not len(store.keys()):
+            raise ValueError(
+                f"Layer {self.name!r}: the weights file holds no weights for it. "
+                "Keras keys a layer's weights in a .weights.h5 file by the "
+                "layer's class (gru, lstm, simple_rnn, ...), so a Keras model's "
+                "file loads into that model only: load it there, then make the "
+                "Feedback model with keras_feedback.layers.convert(model)"
+            )
+        super().load_own_variables(store)
+
     def build_weights(self, features):
         """Creates every weight, for inputs of ``features`` channels."""
         units, fb, out = self.units, self.feedback_units, self.output_units

@@ -12,6 +12,7 @@ import tensorflow as tf
 
 from keras_feedback._api import public
 from keras_feedback.cells import _feedback_math as math
+from keras_feedback.layers import _convert
 from keras_feedback.layers._cell import FeedbackCellBase
 from keras_feedback.layers._recurrent import FeedbackRNN
 from keras_feedback.layers._recurrent import spelled_out_signature
@@ -205,6 +206,12 @@ class Feedback(FeedbackRNN):
         engine: ``"auto"`` (default: ``"xla"``, or ``"reference"`` with
             ``unroll=True``), ``"xla"`` (XLA-compiled forward and backward
             loops) or ``"reference"`` (a plain ``tf.while_loop``).
+        reset_after, use_cudnn, implementation, time_major: accepted, so
+            that a Keras ``GRU``/``LSTM``/``SimpleRNN`` config builds a
+            ``Feedback`` layer: ``reset_after=True``, ``use_cudnn`` ``"auto"``
+            or False, ``implementation`` 1 or 2 and ``time_major=False``
+            mean here what they mean in Keras; other values are refused
+            with the reason.
         **kwargs: every argument of ``keras_feedback.layers.FeedbackCell``
             (``feedback_units``, ``core``, activations, ``attention``,
             ``residual``, initializers, dropout, ...) and the base Layer
@@ -235,6 +242,7 @@ class Feedback(FeedbackRNN):
     """
 
     def __init__(self, units, **kwargs):
+        _convert.keras_only_arguments(kwargs)
         cell_kwargs = {k: kwargs.pop(k) for k in _CELL_ARGS if k in kwargs}
         super().__init__(**kwargs)
         self.cell = FeedbackCell(
@@ -246,6 +254,47 @@ class Feedback(FeedbackRNN):
     units = property(lambda self: self.cell.units)
     feedback_units = property(lambda self: self.cell.feedback_units)
     core = property(lambda self: self.cell.core)
+
+    @classmethod
+    def from_keras(cls, layer):
+        """The ``Feedback`` layer equivalent to a Keras recurrent layer.
+
+        Takes a ``keras.layers.SimpleRNN``, ``GRU`` or ``LSTM`` (or a
+        ``keras.layers.Bidirectional`` of one) and returns a new ``Feedback``
+        layer (or ``Bidirectional`` of two) with ``feedback_units=0``, the
+        same configuration (``return_sequences``, ``go_backwards``,
+        ``stateful``, dropout, initializers, dtype policy, name, ...) and,
+        when the Keras layer is built, a copy of its weights: the outputs
+        are the same. ``keras_feedback.layers.convert(model)`` does it for
+        every such layer of a model.
+
+        Args:
+            layer: a Keras ``SimpleRNN``, ``GRU`` (``reset_after=True``,
+                Keras's default) or ``LSTM``, or a ``Bidirectional`` of one.
+
+        Returns:
+            A ``Feedback`` layer, or a ``keras.layers.Bidirectional`` of two.
+
+        Raises:
+            TypeError: ``layer`` is not one of these layers.
+            ValueError: its configuration has no ``Feedback`` equivalent
+                (``GRU(reset_after=False)``, an ``activity_regularizer``).
+
+        Example:
+
+        >>> import keras
+        >>> import numpy as np
+        >>> from keras_feedback.layers import Feedback
+        >>> gru = keras.layers.GRU(4, return_sequences=True)
+        >>> x = np.random.default_rng(0).normal(size=(2, 5, 3)).astype("float32")
+        >>> expected = gru(x)
+        >>> feedback = Feedback.from_keras(gru)
+        >>> feedback.feedback_units, feedback.core
+        (0, 'gru')
+        >>> bool(np.allclose(feedback(x), expected, atol=1e-6))
+        True
+        """
+        return _convert.from_keras(layer)
 
 
 Feedback.__init__.__signature__ = spelled_out_signature(

@@ -56,7 +56,7 @@ def plot_trace(trace, inputs=None, *, example=0, title=None, input_labels=None):
     >>> layer = Feedback(4, feedback_units=2, attention=True, return_trace=True)
     >>> _, trace = layer(x)
     >>> figure = plot_trace(trace, x)
-    >>> [axes.get_ylabel() for axes in figure.axes[::2]]
+    >>> [axes.get_ylabel() for axes in figure.axes[:4]]  # then the colour bars
     ['input x', 'h (hidden)', 'c (feedback)', 'α (attention)']
     """
     from matplotlib.figure import Figure
