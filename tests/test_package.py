@@ -83,3 +83,20 @@ def test_ci_runs_the_readme_test_command():
         ci = [line for line in f if line.startswith("python3 -m venv")]
     assert len(ci) == 1
     assert ci[0].strip() in readme
+
+
+def test_the_api_reference_lists_every_public_symbol():
+    # docs/api/<namespace>.md holds one `::: path` per entry of __all__.
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    folder = os.path.join(root, "docs", "api")
+    entries = set()
+    for name in os.listdir(folder):
+        with open(os.path.join(folder, name)) as f:
+            entries |= {line[4:].strip() for line in f if line.startswith("::: ")}
+    documented = set()
+    for path in _api.PUBLIC_SYMBOLS:
+        namespace, name = path.rsplit(".", 1)
+        top = namespace if namespace.count(".") == 1 else namespace.rsplit(".", 1)[0]
+        documented.add(path if namespace.count(".") == 1 else namespace)
+        assert top.split(".")[1] + ".md" in os.listdir(folder), path
+    assert documented <= entries, sorted(documented - entries)

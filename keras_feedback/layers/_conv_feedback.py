@@ -281,8 +281,7 @@ class ConvFeedback2D(FeedbackRNN):
         feedback_filters: non-negative int, channels of the feedback maps
             ``c``. Defaults to ``filters``; ``0`` removes the feedback loop.
         core: ``"simple"``, ``"gru"`` or ``"lstm"``.
-        activation, recurrent_activation, feedback_activation,
-        output_activation: as in ``keras_feedback.layers.FeedbackCell``,
+        activation, recurrent_activation, feedback_activation, output_activation: as in ``keras_feedback.layers.FeedbackCell``,
             learnable ``keras_feedback.activations.ParametricActivation``
             included (per-unit parameters follow the channels).
         output_filters: optional positive int, adds the 1x1 output readout.

@@ -146,8 +146,8 @@ def convert(model):
 
     Every ``SimpleRNN``, ``GRU`` and ``LSTM`` (alone or in a
     ``Bidirectional``), also inside nested ``Sequential`` and functional
-    models, becomes the equivalent ``Feedback`` layer (``Feedback.from_keras``); every
-    other layer is cloned. All weights are copied: the new model computes
+    models, becomes the equivalent ``Feedback`` layer
+    (``Feedback.from_keras``); every other layer is cloned. All weights are copied: the new model computes
     what ``model`` computes. ``model`` itself is not changed. The new model
     is not compiled.
 
@@ -167,8 +167,8 @@ def convert(model):
     >>> model = keras.Sequential([
     ...     keras.Input((None, 3)), keras.layers.LSTM(4), keras.layers.Dense(1)])
     >>> converted = convert(model)
-    >>> [type(layer).__name__ for layer in converted.layers]
-    ['Feedback', 'Dense']
+    >>> print(*(type(layer).__name__ for layer in converted.layers))
+    Feedback Dense
     >>> x = np.ones((2, 5, 3), "float32")
     >>> bool(np.allclose(converted(x), model(x), atol=1e-6))
     True

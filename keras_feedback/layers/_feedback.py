@@ -61,8 +61,7 @@ class FeedbackCell(FeedbackCellBase):
         layer_norm: bool, normalises the core's new hidden state (before the
             residual sum) with a learnable scale and offset.
         use_bias: bool, whether the cell uses bias vectors.
-        kernel_initializer, recurrent_initializer, feedback_initializer,
-        attention_initializer, output_initializer, bias_initializer:
+        kernel_initializer, recurrent_initializer, feedback_initializer, attention_initializer, output_initializer, bias_initializer:
             initializers of the input kernel, recurrent kernel, feedback
             kernels (``W_c`` and ``U_c``), attention kernel, output kernel
             and of every bias.
