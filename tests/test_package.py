@@ -100,3 +100,24 @@ def test_the_api_reference_lists_every_public_symbol():
         documented.add(path if namespace.count(".") == 1 else namespace)
         assert top.split(".")[1] + ".md" in os.listdir(folder), path
     assert documented <= entries, sorted(documented - entries)
+
+
+def test_the_readme_python_examples_run(tmp_path, monkeypatch):
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    with open(os.path.join(root, "README.md")) as f:
+        readme = f.read()
+    blocks = [block.split("```")[0] for block in readme.split("```python\n")[1:]]
+    assert len(blocks) >= 3
+    monkeypatch.chdir(tmp_path)  # the quickstart writes TensorBoard logs here
+    for block in blocks:
+        exec(compile(block, "README.md", "exec"), {})
+    assert os.listdir(tmp_path / "logs" / "train")
+
+
+def test_readme_links_stay_inside_the_repository():
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    with open(os.path.join(root, "README.md")) as f:
+        readme = f.read()
+    assert "../" not in readme
+    for name in ("LICENSE", "CHANGELOG.md", "mkdocs.yml", "docs/index.md"):
+        assert os.path.isfile(os.path.join(root, name)), name
