@@ -90,8 +90,10 @@ class Equilibrium(BlockFeedback):
     (``<name>_residual``) and the number of examples that did not converge
     (``<name>_unconverged``) as metrics, which ``fit`` logs. An example that
     did not converge returns the block's output at its last iterate (its
-    last finite one, if the iteration diverged), is counted, and gets no
-    gradient through the fixed point; an eager call warns about it.
+    last finite one, if the iteration diverged) and is counted, and an
+    eager call warns about it; its gradient through the fixed point is the
+    one at that iterate where the adjoint solve converges there, and none
+    if its iteration diverged.
 
     Args:
         block: a Keras layer or model.
@@ -289,25 +291,34 @@ class Equilibrium(BlockFeedback):
             unconnected_gradients=tf.UnconnectedGradients.ZERO,
         )
 
-    def _backward(self, training, x, z, values, constants, upstream, converged):
+    def _backward(self, training, x, z, values, constants, upstream, finite):
         """The gradients of ``z*`` w.r.t. ``x`` and ``values`` given
-        ``dL/dz*``: solve (or approximate) the adjoint, then one VJP."""
-        z = _zero_where_not(converged, z)
-        u = _zero_where_not(converged, tf.cast(upstream, z.dtype))
+        ``dL/dz*``: solve (or approximate) the adjoint, then one VJP.
+
+        Examples whose iteration stopped being finite (``finite`` false)
+        get none, and so does any whose adjoint solve does not converge (or
+        whose phantom adjoint is not finite): a diverging example adds no
+        NaN, and no overflow, to the weights' gradients.
+        """
+        z = _zero_where_not(finite, z)
+        u = _zero_where_not(finite, tf.cast(upstream, z.dtype))
 
         def transposed(g):
             return self._vjp(x, z, values, constants, training, g, z)
 
         if self.gradient == "implicit":
-            g = solvers.solve(
+            adjoint = solvers.solve(
                 self.backward_settings, lambda g: transposed(g) + u, u
-            ).state
+            )
+            g, solved = adjoint.state, adjoint.converged
         else:
             g = tf.zeros_like(u)
             beta = self.phantom_damping
             for _ in range(self.phantom_steps):
                 g = (1.0 - beta) * g + beta * (transposed(g) + u)
-        g = _zero_where_not(converged, g)
+            flat = tf.reshape(g, [tf.shape(g)[0], -1])
+            solved = tf.reduce_all(tf.math.is_finite(flat), axis=-1)
+        g = _zero_where_not(tf.logical_and(finite, solved), g)
         grads = self._vjp(x, z, values, constants, training, g, [x] + list(values))
         return grads[0], grads[1:]
 
@@ -327,15 +338,13 @@ class Equilibrium(BlockFeedback):
 
     def _attach(self, solution, x, values, constants, training):
         """``z*`` with its implicit (or phantom) gradient."""
-        converged = solution.converged
+        finite = tf.math.is_finite(solution.residual)
         backward = self._function("backward", training)
 
         @tf.custom_gradient
         def attached(z, x, *values):
             def grad(upstream, variables=None):
-                dx, dvalues = backward(
-                    x, z, list(values), constants, upstream, converged
-                )
+                dx, dvalues = backward(x, z, list(values), constants, upstream, finite)
                 grads = [None, tf.cast(dx, x.dtype), *dvalues]
                 if variables:
                     return grads, [None] * len(variables)
@@ -415,8 +424,8 @@ class Equilibrium(BlockFeedback):
 
     def _jacobian_penalty(self, x, solution, training):
         """``λ ||J||_F^2`` by Hutchinson's estimate, one Rademacher probe."""
-        converged = solution.converged
-        z = tf.stop_gradient(_zero_where_not(converged, solution.state))
+        finite = tf.math.is_finite(solution.residual)
+        z = tf.stop_gradient(_zero_where_not(finite, solution.state))
         probe = keras.random.randint(tf.shape(z), 0, 2, seed=self.probe_seed)
         probe = tf.cast(2 * probe - 1, z.dtype)
         with tf.GradientTape() as tape:
@@ -426,7 +435,8 @@ class Equilibrium(BlockFeedback):
         dtype = tf.float64 if z.dtype == tf.float64 else tf.float32
         flat = tf.reshape(tf.cast(product, dtype), [tf.shape(z)[0], -1])
         squares = tf.reduce_sum(tf.square(flat), axis=-1)
-        squares = tf.where(converged, squares, tf.zeros_like(squares))
+        finite = tf.logical_and(finite, tf.math.is_finite(squares))
+        squares = tf.where(finite, squares, tf.zeros_like(squares))
         return self.jacobian_regularization * tf.reduce_mean(squares)
 
     def _report(self, solution):
