@@ -383,6 +383,89 @@ def test_pad_time_rejects_bad_arguments(args, pattern):
         engines.pad_time(*args)
 
 
+def _spy_engine(monkeypatch):
+    """Records the time length of every call that reaches the fused engine."""
+    lengths = []
+    run = engines.ENGINES["xla"]
+
+    def spy(recurrence, params, inputs, states, **options):
+        lengths.append(inputs.shape[1])
+        return run(recurrence, params, inputs, states, **options)
+
+    monkeypatch.setitem(engines.ENGINES, "xla", spy)
+    return lengths
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"return_sequences": True, "return_state": True, "return_trace": True},
+        {
+            "core": "lstm",
+            "go_backwards": True,
+            "return_sequences": True,
+            "attention": True,
+        },
+    ],
+    ids=["trace", "lstm-backwards-attention"],
+)
+def test_time_buckets_keep_the_results_of_the_real_steps(rng, monkeypatch, options):
+    kwargs = {"core": "gru", "feedback_units": 2, **options}
+    bucketed = Feedback(4, **kwargs)
+    plain = Feedback(4, time_buckets=None, **kwargs)
+    x = tf.constant(rng.standard_normal((3, 11, 2)), tf.float32)
+    mask = tf.constant(np.arange(11)[None, :] < np.array([[11], [7], [9]]))
+    bucketed(x)
+    plain(x)
+    plain.set_weights(bucketed.get_weights())
+    lengths = _spy_engine(monkeypatch)
+    results = []
+    for layer in (bucketed, plain):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            out = keras.tree.flatten(layer(x, mask=mask))
+            loss = sum(tf.reduce_sum(tf.sin(o)) for o in out)
+        results.append((out, tape.gradient(loss, [x, *layer.trainable_weights])))
+    assert lengths == [16, 11]  # padded to its bucket, then not
+    (out_a, grad_a), (out_b, grad_b) = results
+    assert [o.shape for o in out_a] == [o.shape for o in out_b]  # caller's length
+    for a, b in itertools.chain(zip(out_a, out_b), zip(grad_a, grad_b)):
+        _assert_close(a, b, 1e-6)
+
+
+def test_time_buckets_in_graphs_of_any_length_and_their_rule(rng, monkeypatch):
+    # engine="xla": a tf.function of one's own otherwise runs the reference
+    # loop under "auto" (it may be exported).
+    layer = Feedback(3, feedback_units=2, return_sequences=True, engine="xla")
+    plain = Feedback(3, feedback_units=2, return_sequences=True, time_buckets=None)
+    fixed = Feedback(3, feedback_units=2, time_buckets=[12, 20])
+    x = tf.constant(rng.standard_normal((2, 40, 2)), tf.float32)
+    for other in (plain, fixed):
+        layer(x), other(x)
+        other.set_weights(layer.get_weights())
+
+    @tf.function(input_signature=[tf.TensorSpec((None, None, 2))])
+    def any_length(x):
+        return layer(x)
+
+    lengths = _spy_engine(monkeypatch)
+    _assert_close(any_length(x[:, :13]), plain(x[:, :13]), 1e-6)
+    assert lengths == [None, 13]  # traced for any length; a plain eager call
+    del lengths[:]
+    for time in (10, 12, 13, 20, 21):
+        fixed(x[:, :time])
+    assert lengths == [12, 12, 20, 20, 21]  # beyond the last bucket: unpadded
+    del lengths[:]
+    for time in range(1, 40, 3):
+        layer(x[:, :time])
+    assert set(lengths) == {8, 16, 32, 64}  # powers of two, at least 8
+    config = fixed.get_config()
+    assert config["time_buckets"] == [12, 20]
+    assert Feedback.from_config(config).time_buckets == [12, 20]
+    with pytest.raises(ValueError, match=r"`time_buckets` must be .* got \[20, 12\]"):
+        Feedback(3, time_buckets=[20, 12])
+
+
 def use_mode(monkeypatch, mode):
     """Makes the fused engine's loops run in ``mode``: "kept" (the forward
     pass keeps step inputs plus products: short static time axes),

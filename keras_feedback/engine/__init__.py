@@ -33,6 +33,7 @@ import contextvars
 import tensorflow as tf
 from tensorflow.python.eager import record
 
+from keras_feedback.engine import _buckets
 from keras_feedback.engine import _reference
 from keras_feedback.engine import _xla
 from keras_feedback.engine._buckets import pad_time
@@ -112,8 +113,34 @@ def get(name, unroll=False):
     return ENGINES[resolve(name, unroll)]
 
 
-def run(name, recurrence, params, inputs, initial_states, **options):
-    """Runs ``recurrence`` with engine ``name`` (see ``resolve``)."""
-    return get(name, options.get("unroll", False))(
-        recurrence, params, inputs, initial_states, **options
+def _varying_time(inputs):
+    # An eager call, or a graph traced for any length (time axis None): the
+    # next call may bring another length, which XLA would compile again.
+    return tf.executing_eagerly() or inputs.shape[1] is None
+
+
+def run(name, recurrence, params, inputs, initial_states, time_buckets=None, **options):
+    """Runs ``recurrence`` with engine ``name`` (see ``resolve``).
+
+    ``time_buckets`` (``"auto"``, a list of lengths, or None): where the
+    fused engine runs and the length may vary (eager calls, graphs traced
+    with a dynamic time axis), time is padded to its bucket and the padding
+    masked, so that XLA compiles once per bucket instead of once per length;
+    the results of the real steps are those of the unpadded run, and the
+    outputs keep the caller's length.
+    """
+    unroll = options.get("unroll", False)
+    engine = get(name, unroll)
+    if resolve(name, unroll) != "xla" or time_buckets is None:
+        return engine(recurrence, params, inputs, initial_states, **options)
+    if not _varying_time(inputs):
+        return engine(recurrence, params, inputs, initial_states, **options)
+    inputs, mask, time = _buckets.pad_to_bucket(
+        inputs, options.pop("mask", None), time_buckets
     )
+    outputs, last, states, traces = engine(
+        recurrence, params, inputs, initial_states, mask=mask, **options
+    )
+    backwards = options.get("go_backwards", False)
+    traces = {k: _buckets.unpad(v, time, backwards) for k, v in traces.items()}
+    return _buckets.unpad(outputs, time, backwards), last, states, traces

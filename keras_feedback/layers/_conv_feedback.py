@@ -309,6 +309,8 @@ class ConvFeedback2D(FeedbackRNN):
             ``"c"`` and ``"alpha"`` maps, each ``(batch, time, ...)``.
         zero_output_for_mask: bool, masked steps output zeros.
         engine: ``"auto"``, ``"xla"`` or ``"reference"``.
+        time_buckets: ``"auto"``, None or a list of lengths: the padding of
+            varying lengths to buckets, as in ``Feedback``.
         **kwargs: base Layer arguments.
 
     Call arguments:

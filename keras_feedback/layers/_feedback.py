@@ -202,9 +202,20 @@ class Feedback(FeedbackRNN):
             sequences, each ``(batch, time, size)``.
         zero_output_for_mask: bool, masked steps output zeros instead of the
             previous output (``Bidirectional`` sets it).
-        engine: ``"auto"`` (default: ``"xla"``, or ``"reference"`` with
-            ``unroll=True``), ``"xla"`` (XLA-compiled forward and backward
-            loops) or ``"reference"`` (a plain ``tf.while_loop``).
+        engine: ``"auto"`` (default: ``"xla"`` where the graph runs in this
+            process, ``"reference"`` in graphs traced for export and with
+            ``unroll=True``; ``docs/engine.md``), ``"xla"`` (XLA-compiled
+            forward and backward loops) or ``"reference"`` (a plain
+            ``tf.while_loop``).
+        time_buckets: ``"auto"`` (default), None or an increasing list of
+            lengths. Where the compiled engine runs and the length can vary
+            (eager calls; ``fit``, ``evaluate`` and ``predict`` on data whose
+            time axis is not fixed), the time axis is padded to its bucket
+            (``"auto"``: the next power of two, at least 8; a list: its
+            smallest entry that fits, lengths beyond the last unpadded) and
+            the padding masked, so XLA compiles once per bucket rather than
+            once per length. The results of the real steps do not change and
+            sequence outputs keep the caller's length. None: no padding.
         reset_after, use_cudnn, implementation, time_major: accepted, so
             that a Keras ``GRU``/``LSTM``/``SimpleRNN`` config builds a
             ``Feedback`` layer: ``reset_after=True``, ``use_cudnn`` ``"auto"``

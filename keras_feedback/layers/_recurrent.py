@@ -25,6 +25,7 @@ import tensorflow as tf
 
 from keras_feedback import engine as engines
 from keras_feedback.engine import _masking
+from keras_feedback.engine._buckets import check_buckets
 
 # What the public methods take as a tensor: a tf.Tensor, a numpy array, ...
 TensorLike = Any
@@ -66,9 +67,11 @@ class FeedbackRNN(keras.layers.Layer):
         return_trace: bool = False,
         zero_output_for_mask: bool = False,
         engine: str = "auto",
+        time_buckets: Union[str, Sequence[int], None] = "auto",
         **kwargs,
     ):
         engines.check_name(engine)
+        time_buckets = check_buckets(time_buckets)
         super().__init__(**kwargs)
         self.return_sequences = bool(return_sequences)
         self.return_state = bool(return_state)
@@ -78,6 +81,7 @@ class FeedbackRNN(keras.layers.Layer):
         self.return_trace = bool(return_trace)
         self.zero_output_for_mask = bool(zero_output_for_mask)
         self.engine = engine
+        self.time_buckets = time_buckets
         self.supports_masking = True
         object.__setattr__(self, "_state_variables", None)
 
@@ -320,6 +324,7 @@ class FeedbackRNN(keras.layers.Layer):
                 unroll=self.unroll,
                 return_trace=self.return_trace,
                 per_example=per_example,
+                time_buckets=self.time_buckets,
             )
         if self.stateful and not _PURE.get():
             for variable, value in zip(self._state_variables, final_states):
@@ -483,6 +488,7 @@ class FeedbackRNN(keras.layers.Layer):
             "return_trace": self.return_trace,
             "zero_output_for_mask": self.zero_output_for_mask,
             "engine": self.engine,
+            "time_buckets": self.time_buckets,
         }
         return {**super().get_config(), **self.cell.cell_config(), **config}
 
