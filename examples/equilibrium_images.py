@@ -19,7 +19,8 @@ Data: the built-in synthetic image task by default (noisy line shapes on
 8x8 images), or ``mnist`` from TFDS when prepared in ``--data-dir``.
 
     python examples/equilibrium_images.py
-    python examples/equilibrium_images.py --jacobian-regularization 0.5
+    python examples/equilibrium_images.py --max-examples 1500 --epochs 6 \
+        --jacobian-regularization 0.003
     python examples/equilibrium_images.py --dataset mnist --data-dir DIR
 """
 
