@@ -144,6 +144,81 @@ def test_wrong_state_shape_fed_to_saved_model_step(exported):
         step(x=tf.zeros((2, 2)), **good)
 
 
+def test_wrong_rank_state_fed_to_saved_model_step(exported):
+    _, root = exported
+    step = tf.saved_model.load(str(root / "saved" / "1")).signatures["step"]
+    message = (
+        r"step: input feedback_h must have shape \(batch, 4\), with the batch "
+        r"size of input x; got shape.*\[2 4 1\]"
+    )
+    with pytest.raises(tf.errors.InvalidArgumentError, match=message):
+        step(
+            x=tf.zeros((2, 3)),
+            feedback_h=tf.zeros((2, 4, 1)),
+            feedback_c=tf.zeros((2, 4)),
+        )
+
+
+def test_serving_default_checks_shapes_and_serves_empty_batches(exported):
+    model, root = exported
+    serve = tf.saved_model.load(str(root / "saved" / "1")).signatures["serving_default"]
+    message = (
+        r"serving_default: input x must have shape \(batch, any, 3\), with the "
+        r"batch size of input x; got shape.*\[2 5 4\]"
+    )
+    with pytest.raises(tf.errors.InvalidArgumentError, match=message):
+        serve(x=tf.zeros((2, 5, 4)))
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"got shape.*\[2 3\]"):
+        serve(x=tf.zeros((2, 3)))
+    assert serve(x=tf.zeros((0, 5, 3)))["y"].shape == (0, 5, 2)
+    x = np.random.default_rng(0).normal(size=(2, 5, 3)).astype("float32")
+    np.testing.assert_allclose(
+        serve(x=tf.constant(x))["y"], np.asarray(model(x)), atol=1e-5
+    )
+
+
+@pytest.mark.parametrize("quantization", ["int8", "int16x8"])
+def test_calibration_data_without_steps_or_values(tmp_path, quantization):
+    model = small_model()
+    path = tmp_path / "model.tflite"
+    nan = np.full((2, 4, 3), np.nan, "float32")
+    for data, message in (
+        (np.zeros((2, 0, 3)), r"input 'x' has shape \(2, 0, 3\).*no time step"),
+        (np.zeros((0, 4, 3)), r"input 'x' has shape \(0, 4, 3\).*no time step"),
+        (nan, r"input 'x' \(shape \(2, 4, 3\)\) holds NaN or infinite values"),
+    ):
+        with pytest.raises(ValueError, match="`representative_data`: " + message):
+            export.export_litert(
+                model,
+                path,
+                quantization=quantization,
+                streaming=True,
+                representative_data=data,
+            )
+    with pytest.raises(
+        ValueError, match=r"expected shape \(batch >= 1, time >= 1, \.\.\.\)"
+    ):
+        export.export_litert(
+            model,
+            path,
+            quantization=quantization,
+            streaming=True,
+            representative_data=np.zeros((2, 0, 3)),
+        )
+    assert not path.exists()
+
+
+def test_int16x8_needs_the_step_model(tmp_path):
+    with pytest.raises(ValueError, match=r"'int16x8' needs streaming=True.*WHILE"):
+        export.export_litert(
+            small_model(),
+            tmp_path / "model.tflite",
+            quantization="int16x8",
+            representative_data=np.zeros((2, 4, 3)),
+        )
+    assert os.listdir(tmp_path) == []
+
+
 def test_wrong_state_shape_fed_to_litert_step(exported):
     _, root = exported
     interpreter = Interpreter(model_path=str(root / "step.tflite"))

@@ -30,11 +30,13 @@ def _check_version(version):
 def write_archive(plan, directory, kinds):
     """Writes ``plan``'s functions as a SavedModel at ``directory``.
 
-    ``kinds`` maps each signature name to ``"sequence"``, ``"step"``,
-    ``"checked_step"`` or ``"initial_state"``.
+    ``kinds`` maps each signature name to ``"sequence"``,
+    ``"checked_sequence"``, ``"step"``, ``"checked_step"`` or
+    ``"initial_state"``.
     """
     functions = {
         "sequence": plan.sequence_fn,
+        "checked_sequence": plan.checked_sequence_fn,
         "step": plan.step_fn,
         "checked_step": plan.checked_step_fn,
         "initial_state": plan.initial_state_fn,
@@ -129,7 +131,7 @@ def export_saved_model(
     _atomic.clean(directory)
     _common.check_target(target, overwrite, "directory")
     plan = _trace.ExportPlan(model, compute_dtype=compute_dtype)
-    kinds = {SERVING_DEFAULT: "sequence"}
+    kinds = {SERVING_DEFAULT: "checked_sequence"}
     if plan.streamable:
         kinds[STEP] = "checked_step"
         kinds[INITIAL_STATE] = "initial_state"

@@ -252,28 +252,16 @@ class ExportPlan:
         fail deep inside the cell with an error that names no state; this
         one names it (what TF Serving returns to the client).
         """
-        first = self.input_names[0]
-        batch = tf.shape(inputs[first])[0]
-        checks = []
-        for name, spec in {**self.step_input_specs, **self.state_specs}.items():
-            expected = [batch] + [
-                tf.shape(inputs[name])[i] if d is None else d
-                for i, d in enumerate(spec.shape[1:], start=1)
-            ]
-            shape = "(batch, " + ", ".join(str(d) for d in spec.shape[1:]) + ")"
-            checks.append(
-                tf.debugging.assert_equal(
-                    tf.shape(inputs[name]),
-                    tf.stack(expected) if len(expected) > 1 else batch[None],
-                    message=(
-                        f"step: input {name} must have shape {shape}, with "
-                        f"the batch size of input {first}"
-                    ),
-                )
-            )
-        with tf.control_dependencies(checks):
-            inputs = {name: tf.identity(value) for name, value in inputs.items()}
-        return self.step_fn(inputs)
+        specs = {**self.step_input_specs, **self.state_specs}
+        return self.step_fn(_checked(inputs, specs, self.input_names[0], "step"))
+
+    def checked_sequence_fn(self, inputs):
+        """``sequence_fn`` that first checks every input's shape (see
+        ``checked_step_fn``)."""
+        inputs = _checked(
+            inputs, self.input_specs, self.input_names[0], "serving_default"
+        )
+        return self.sequence_fn(inputs)
 
     def initial_state_fn(self, inputs):
         """``{"batch_size": scalar}`` -> ``{state name: (batch, size)}``, the
@@ -294,9 +282,9 @@ class ExportPlan:
         return states
 
     def signature(self, kind):
-        """The ``input_signature`` of ``sequence``, ``step`` (or
-        ``checked_step``) or ``initial_state``."""
-        if kind == "sequence":
+        """The ``input_signature`` of ``sequence`` (or ``checked_sequence``),
+        ``step`` (or ``checked_step``) or ``initial_state``."""
+        if kind in ("sequence", "checked_sequence"):
             return [dict(self.input_specs)]
         if kind in ("step", "checked_step"):
             return [{**self.step_input_specs, **self.state_specs}]
@@ -358,6 +346,46 @@ class ExportPlan:
         for name, value in zip(self.output_names, outputs):
             result[name] = value.tensor[:, 0] if value.step else value.tensor
         return result
+
+
+def _checked(inputs, specs, first, signature):
+    """``inputs`` once each has the rank and the sizes of its spec, with the
+    batch size of input ``first``; else an error naming the input."""
+    batch = tf.shape(inputs[first])[0]
+    checks = []
+    for name, spec in specs.items():
+        # The shape the request has, not the signature's: graph
+        # optimisation takes every input to have the signature's rank (and
+        # folds a rank check away); a tensor parsed from bytes has no
+        # static shape.
+        value = inputs[name]
+        shape = tf.shape(tf.io.parse_tensor(tf.io.serialize_tensor(value), value.dtype))
+        rank = len(spec.shape)
+        # Shapes of different ranks do not compare: compare the first
+        # `rank` sizes (padded with -1) and the rank.
+        head = tf.concat([shape, tf.fill([rank], -1)], 0)[:rank]
+        expected = [batch] + [
+            head[i] if d is None else d for i, d in enumerate(spec.shape[1:], 1)
+        ]
+        described = ", ".join(
+            ["batch"] + ["any" if d is None else str(d) for d in spec.shape[1:]]
+        )
+        same = tf.logical_and(
+            tf.equal(tf.size(shape), rank),
+            tf.reduce_all(tf.equal(head, tf.stack(expected))),
+        )
+        checks.append(
+            tf.debugging.Assert(
+                same,
+                [
+                    f"{signature}: input {name} must have shape ({described}), "
+                    f"with the batch size of input {first}; got shape",
+                    shape,
+                ],
+            )
+        )
+    with tf.control_dependencies(checks):
+        return {name: tf.identity(value) for name, value in inputs.items()}
 
 
 def _unique(names, kind):
