@@ -103,7 +103,10 @@ def _window(sequences, begin, size):
 
 
 def _write_window(buffer, begin, value):
-    """``buffer[:, begin:begin + value.shape[1]] = value``."""
+    """``buffer[:, begin:begin + value.shape[1]] = value`` (a buffer kept as
+    ``loops.to_storage`` keeps it)."""
+    if buffer.dtype == tf.uint16:
+        value = loops.to_storage(value)
     return gen_xla_ops.xla_dynamic_update_slice(
         buffer, value, loops.start(begin, buffer.shape.rank, axis=1)
     )
@@ -176,9 +179,13 @@ def forward_windows(cfg, params, inputs, keep, states):
         ]
         return j + 1, ran.results.states, ran.held, buffers, checkpoints
 
-    loop_vars = (tf.constant(0), list(states), start, buffers, checkpoints)
+    stored = tf.nest.map_structure(loops.to_storage, (buffers, checkpoints))
+    loop_vars = (tf.constant(0), list(states), start, *stored)
     _, states, held, buffers, checkpoints = loops.while_loop(
         lambda j, *_: j < span.count, body, loop_vars
+    )
+    buffers, checkpoints = tf.nest.map_structure(
+        loops.from_storage, (buffers, checkpoints)
     )
     buffers = tf.nest.map_structure(lambda b: b[:, : span.steps], buffers)
     results = Results(
@@ -264,8 +271,9 @@ def backward_windows(cfg, params, inputs, keep, states, saved, upstream):
     )
     totals = [tf.zeros_like(leaf, config.sum_dtype(leaf.dtype)) for leaf in leaves]
     d_inputs = tf.zeros_like(inputs) if cfg.input_gradient else tf.zeros([])
-    loop_vars = (span.count - 1, carry, totals, d_inputs)
+    loop_vars = (span.count - 1, carry, totals, loops.to_storage(d_inputs))
     _, carry, totals, d_inputs = loops.while_loop(lambda j, *_: j >= 0, body, loop_vars)
+    d_inputs = loops.from_storage(d_inputs)
     if not cfg.input_gradient:
         d_inputs = None
     else:
