@@ -258,9 +258,20 @@ class ExportPlan:
     def checked_sequence_fn(self, inputs):
         """``sequence_fn`` that first checks every input's shape (see
         ``checked_step_fn``)."""
-        inputs = _checked(
-            inputs, self.input_specs, self.input_names[0], "serving_default"
-        )
+        first = self.input_names[0]
+        inputs = _checked(inputs, self.input_specs, first, "serving_default")
+        # A stateful layer checks the batch size against its snapshot; the
+        # loop's other inputs must wait for that check, or a mismatch fails
+        # inside the loop first, with an error that names no layer.
+        batch = tf.shape(inputs[first])[0]
+        snapshots = [
+            state
+            for layer in nested_layers(self.traced)
+            if isinstance(layer, FeedbackRNN) and layer.state_values() is not None
+            for state in layer.snapshot_states(batch)
+        ]
+        with tf.control_dependencies(snapshots):
+            inputs = {name: tf.identity(value) for name, value in inputs.items()}
         return self.sequence_fn(inputs)
 
     def initial_state_fn(self, inputs):
