@@ -40,7 +40,8 @@ def test_mixed_precision_exports_verify(tmp_path, policy, tolerance):
     assert report["step_max_rel_error"] <= tolerance, report
     served = tf.saved_model.load(path).signatures["serving_default"]
     assert served(x=tf.constant(x))["y"].dtype == tf.float32
-    for streaming in (False, True):
+    # The step model for one policy (it converts the same float32 copy).
+    for streaming in (False, True) if policy == "mixed_float16" else (False,):
         lite = export.export_litert(
             model, tmp_path / f"m{streaming}.tflite", streaming=streaming
         )

@@ -16,13 +16,19 @@ HELP = (
     "step, initial_state) and/or a LiteRT file, and verify both."
 )
 
-QUANTIZATIONS = ("float16", "dynamic_range", "int8")
+QUANTIZATIONS = ("float16", "dynamic_range", "int8", "int16x8")
 # Max error relative to the largest |Keras output| an export may have: float
 # exports run the same float32 math; float16 rounds the weights to float16,
 # dynamic range to int8 (per output channel, computed in float32; measured
 # up to 1.3e-2 on random untrained models, export/README.md). int8 is
 # reported, not checked, unless --tolerance is given.
-TOLERANCES = {None: 1e-4, "float16": 1e-2, "dynamic_range": 1.5e-2, "int8": None}
+TOLERANCES = {
+    None: 1e-4,
+    "float16": 1e-2,
+    "dynamic_range": 1.5e-2,
+    "int8": None,
+    "int16x8": None,  # the int8 weights' rounding, model-dependent (README)
+}
 
 
 def add_arguments(parser):
@@ -42,7 +48,8 @@ def add_arguments(parser):
     parser.add_argument(
         "--quantize",
         choices=QUANTIZATIONS,
-        help="LiteRT quantisation (int8 needs --representative-data)",
+        help="LiteRT quantisation (int8 and int16x8 need --representative-data; "
+        "int16x8 needs --streaming)",
     )
     parser.add_argument(
         "--streaming",
