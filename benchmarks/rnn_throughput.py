@@ -68,9 +68,15 @@ def flops_per_sequence(kind, core, units, time_steps, features):
 
 
 def timed(fn, repeats, min_seconds):
-    """Best time of one call over ``repeats`` rounds (after a warm-up)."""
+    """Best time of one call over ``repeats`` rounds (after a warm-up); a
+    call slower than 2 s (Keras's layers under mixed_float16 on CPUs) is
+    timed once."""
     fn()
+    start = time.perf_counter()
     fn()
+    once = time.perf_counter() - start
+    if once > 2.0:
+        return once
     best = float("inf")
     for _ in range(repeats):
         calls, start = 0, time.perf_counter()
@@ -84,12 +90,44 @@ def timed(fn, repeats, min_seconds):
     return best
 
 
-def matmul_gflops(size=2048, repeats=5):
-    a = tf.random.normal([size, size])
-    b = tf.random.normal([size, size])
-    matmul = tf.function(lambda: tf.matmul(a, b))
+def matmul_gflops(size=2048, repeats=5, dtype="float32", jit_compile=False, m=None):
+    """GFLOP/s of an ``(m, size) x (size, size)`` matmul (``m`` default
+    ``size``) in ``dtype``, through TensorFlow's kernel (oneDNN on x86) or
+    XLA's (``jit_compile``)."""
+    m = size if m is None else m
+    a = tf.cast(tf.random.normal([m, size]), dtype)
+    b = tf.cast(tf.random.normal([size, size]), dtype)
+    matmul = tf.function(lambda: tf.matmul(a, b), jit_compile=jit_compile)
     seconds = timed(lambda: matmul().numpy(), repeats, 0.2)
-    return 2 * size**3 / seconds / 1e9
+    return 2 * m * size**2 / seconds / 1e9
+
+
+def machine_limits(args):
+    """The machine's matmul rates, measured in this run: fp32 and bf16,
+    TensorFlow's kernel and XLA's, large (2048^2) and at a recurrent step's
+    shape (batch x H by H x 4H, H the largest size benchmarked)."""
+    size = 256 if args.quick else 2048
+    units = max(args.units)
+    rows = []
+    for dtype in ("float32", "bfloat16"):
+        for jit in (False, True):
+            rows.append(
+                dict(
+                    dtype=dtype,
+                    kernel="XLA" if jit else "TensorFlow",
+                    large=matmul_gflops(size, dtype=dtype, jit_compile=jit),
+                    step=_step_shape_gflops(args.batch, units, dtype, jit),
+                )
+            )
+    return rows
+
+
+def _step_shape_gflops(batch, units, dtype, jit_compile, repeats=5):
+    a = tf.cast(tf.random.normal([batch, units]), dtype)
+    b = tf.cast(tf.random.normal([units, 4 * units]), dtype)
+    matmul = tf.function(lambda: tf.matmul(a, b), jit_compile=jit_compile)
+    seconds = timed(lambda: matmul().numpy(), repeats, 0.2)
+    return 2 * batch * units * 4 * units / seconds / 1e9
 
 
 def step_matmul_loop_gflops(batch, units, gates, time_steps, shards, repeats):
@@ -277,6 +315,97 @@ def peak_memory(kind, core, units, args):
     return peaks[0], peaks[-1]
 
 
+_FIRST_CALLS = """
+import json, os, sys, time
+start = time.perf_counter()
+import keras, numpy as np
+import keras_feedback
+kind = {kind!r}
+rng = np.random.default_rng(0)
+x = rng.standard_normal((320, 20, 8)).astype("float32")
+y = rng.standard_normal((320, 1)).astype("float32")
+
+def model():
+    layer = (keras.layers.LSTM(32) if kind == "keras" else
+             keras_feedback.layers.Feedback(32, core="lstm", feedback_units=0))
+    m = keras.Sequential([keras.Input((None, 8)), layer, keras.layers.Dense(1)])
+    m.compile("adam", "mse")
+    return m
+
+m = model()
+t = time.perf_counter(); m.predict(x, batch_size=32, verbose=0)
+first_predict = time.perf_counter() - t
+m = model()
+t = time.perf_counter(); m.fit(x, y, batch_size=32, epochs=1, verbose=0)
+first_epoch = time.perf_counter() - t
+t = time.perf_counter(); m.predict(x[:, :13], batch_size=32, verbose=0)
+new_length = time.perf_counter() - t
+print(json.dumps([first_predict, first_epoch, new_length]))
+"""
+
+_VARYING = """
+import json, os, sys, time
+import keras, numpy as np, tensorflow as tf
+import keras_feedback
+kind = {kind!r}
+rng = np.random.default_rng(0)
+lengths = rng.permutation(np.arange(10, 210))[:{batches}]
+def batches():
+    for t in lengths:
+        yield (rng.standard_normal((32, t, 8)).astype("float32"),
+               rng.standard_normal((32, 1)).astype("float32"))
+data = tf.data.Dataset.from_generator(batches, output_signature=(
+    tf.TensorSpec((32, None, 8)), tf.TensorSpec((32, 1))))
+layer = (keras.layers.LSTM(32) if kind == "keras" else
+         keras_feedback.layers.Feedback(32, core="lstm", feedback_units=0))
+m = keras.Sequential([keras.Input((None, 8)), layer, keras.layers.Dense(1)])
+m.compile("adam", "mse")
+t = time.perf_counter(); m.fit(data, epochs=1, verbose=0)
+print(json.dumps([time.perf_counter() - t, len(set(lengths.tolist()))]))
+"""
+
+
+def _fresh_process(code, cache=None):
+    """The JSON a probe prints in a fresh Python process; ``cache``: XLA's
+    persistent compilation cache folder (one file per compiled executable)."""
+    env = dict(os.environ)
+    if cache is not None:
+        env["TF_XLA_FLAGS"] = f"--tf_xla_persistent_cache_directory={cache}"
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        env=env,
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def first_call_rows(repeats):
+    """First ``predict``, first ``fit`` epoch, first call at a new length of a
+    small model (LSTM 32 units, T=20, D=8, batch 32, 320 examples), each
+    process fresh, best of ``repeats``: Keras's LSTM against Feedback."""
+    best = {}
+    for kind in ("keras", "feedback"):
+        runs = [_fresh_process(_FIRST_CALLS.format(kind=kind)) for _ in range(repeats)]
+        best[kind] = [min(r[i] for r in runs) for i in range(3)]
+    return best
+
+
+def varying_length_rows(batches):
+    """One epoch over ``batches`` batches of 32, each of another length drawn
+    from 10..209, in a fresh process: wall time, and for Feedback the
+    number of XLA executables compiled (files of a fresh persistent cache)."""
+    results = {}
+    for kind in ("keras", "feedback"):
+        with tempfile.TemporaryDirectory() as cache:
+            seconds, lengths = _fresh_process(
+                _VARYING.format(kind=kind, batches=batches), cache
+            )
+            results[kind] = (seconds, lengths, len(os.listdir(cache)))
+    return results
+
+
 def machine():
     cpu = platform.processor() or platform.machine()
     try:
@@ -306,6 +435,15 @@ def main(argv=None):
     parser.add_argument("--memory-units", type=int, default=128)
     parser.add_argument("--no-memory", action="store_true")
     parser.add_argument(
+        "--policies",
+        nargs="+",
+        default=["float32", "mixed_bfloat16", "mixed_float16"],
+        help="Keras dtype policies; the mixed ones run for --mixed-cores",
+    )
+    parser.add_argument("--mixed-cores", nargs="+", default=["gru", "lstm"])
+    parser.add_argument("--no-first-calls", action="store_true")
+    parser.add_argument("--varying-batches", type=int, default=200)
+    parser.add_argument(
         "--quick",
         action="store_true",
         help="tiny smoke run: B=8 T=10 D=4 H=16, one repeat, memory at T=50",
@@ -322,8 +460,18 @@ def main(argv=None):
             )
 
     print(f"Machine: {machine()}")
-    gflops = matmul_gflops(256 if args.quick else 2048)
-    print(f"Reference: fp32 matmul {gflops:.1f} GFLOP/s")
+    limits = machine_limits(args)
+    print("\nThe machine's matmul rates in this run (GFLOP/s)")
+    print(
+        f"| dtype    | kernel     | large  | step shape (B x H by H x 4H, H={max(args.units)}) |"
+    )
+    print("|----------|------------|--------|------------|")
+    for r in limits:
+        print(
+            f"| {r['dtype']:8} | {r['kernel']:10} | {r['large']:6.0f} | {r['step']:10.0f} |"
+        )
+    gflops = max(r["large"] for r in limits if r["dtype"] == "float32")
+    print(f"Reference: best fp32 matmul {gflops:.1f} GFLOP/s\n")
     print(f"B={args.batch} T={args.time} D={args.features}; seq/s (higher is better)")
     header = (
         f"| {'core':6} | {'H':>4} | {'mode':9} | {'model':14} | {'seq/s':>9} "
@@ -332,14 +480,24 @@ def main(argv=None):
     print(header)
     print("|" + "|".join("-" * (len(c)) for c in header.split("|")[1:-1]) + "|")
     rows = []
-    for units in args.units:
-        for r in throughput_rows(args, units, gflops):
-            rows.append(r)
-            print(
-                f"| {r['core']:6} | {r['units']:>4} | {r['mode']:9} | {r['model']:14} "
-                f"| {r['seq_per_s']:>9.0f} | {r['vs_best_keras']:>12.2f}x "
-                f"| {r['gflops']:>7.1f} | {r['of_matmul']:>8.1%} |"
-            )
+    all_cores = args.cores
+    for policy in args.policies:
+        keras.config.set_dtype_policy(policy)
+        args.cores = all_cores if policy == "float32" else args.mixed_cores
+        if policy != "float32":
+            print(f"| {policy} (ours vs the best Keras under the same policy) |")
+        for units in args.units:
+            for r in throughput_rows(args, units, gflops):
+                if policy == "float32":
+                    rows.append(r)
+                print(
+                    f"| {r['core']:6} | {r['units']:>4} | {r['mode']:9} "
+                    f"| {r['model']:14} | {r['seq_per_s']:>9.0f} "
+                    f"| {r['vs_best_keras']:>12.2f}x "
+                    f"| {r['gflops']:>7.1f} | {r['of_matmul']:>8.1%} |"
+                )
+    keras.config.set_dtype_policy("float32")
+    args.cores = all_cores
     print(
         "\nWhat 1.5x the best Keras figure needs: model GFLOP/s, as a fraction "
         "of the fp32 matmul and of a bare XLA loop of the step's matmuls "
@@ -360,6 +518,26 @@ def main(argv=None):
             f"| {t['needed']:>13.1f} | {t['of_matmul']:>9.1%} | {loop:>9} "
             f"| {t['ours']:>13.1%} |"
         )
+    if not args.no_first_calls:
+        first = first_call_rows(1 if args.quick else 3)
+        print(
+            "\nFirst calls of a small model, fresh process each (s, best of 3): "
+            "LSTM 32 units, T=20, D=8, batch 32, 320 examples"
+        )
+        print("| call | Keras LSTM | Feedback fb=0 | ratio |")
+        print("|------|------------|---------------|-------|")
+        for i, name in enumerate(("first predict", "first fit epoch", "new length")):
+            k, f = first["keras"][i], first["feedback"][i]
+            print(f"| {name} | {k:.3f} | {f:.3f} | {f / k:.2f} |")
+        varying = varying_length_rows(10 if args.quick else args.varying_batches)
+        print(
+            "\nOne epoch of batches of distinct lengths (10..209), fresh process "
+            "(wall s, XLA executables compiled)"
+        )
+        print("| model | wall s | lengths | XLA executables |")
+        print("|-------|--------|---------|-----------------|")
+        for kind, (seconds, lengths, compiled) in varying.items():
+            print(f"| {kind} | {seconds:.1f} | {lengths} | {compiled} |")
     if args.no_memory:
         return 0
     print(

@@ -217,7 +217,7 @@ def test_diagnose_command_prints_the_verdict(rng, tmp_path, capsys):
         )
         assert saved["verdict"] == verdict
     code = cli.main(["diagnose", str(tmp_path / "missing.keras"), "--data", str(data)])
-    assert code == 2 and "no model file" in capsys.readouterr().out
+    assert code == 2 and "model: no file at" in capsys.readouterr().err
 
 
 def test_bad_input(rng):
