@@ -10,6 +10,8 @@ tensor values.
 """
 
 import math
+from typing import Any
+from typing import Union
 
 import keras
 from keras import ops
@@ -17,6 +19,9 @@ from keras import ops
 from keras_feedback._api import public
 from keras_feedback.activations import _registry
 from keras_feedback.activations._derivatives import _float
+
+# What the activations take: a tensor, a numpy array, a number, ...
+TensorLike = Any
 
 RRELU_LOWER = 1.0 / 8.0
 RRELU_UPPER = 1.0 / 3.0
@@ -55,7 +60,7 @@ def check_rrelu_bounds(lower, upper):
 
 
 @public("keras_feedback.activations.lisht", serializable=True)
-def lisht(x):
+def lisht(x: TensorLike) -> Any:
     """Linearly scaled hyperbolic tangent: ``x * tanh(x)``.
 
     Args:
@@ -86,7 +91,7 @@ def lisht_derivative(x):
 
 
 @public("keras_feedback.activations.snake", serializable=True)
-def snake(x, frequency=1.0):
+def snake(x: TensorLike, frequency: Union[float, TensorLike] = 1.0) -> Any:
     """Snake with a fixed frequency: ``x + sin(a x)^2 / a``.
 
     Monotonic, periodic around the identity; good at extrapolating periodic
@@ -136,7 +141,13 @@ def _rrelu_slope(x, lower, upper, training, seed):
 
 
 @public("keras_feedback.activations.rrelu", serializable=True)
-def rrelu(x, lower=RRELU_LOWER, upper=RRELU_UPPER, training=False, seed=None):
+def rrelu(
+    x: TensorLike,
+    lower: float = RRELU_LOWER,
+    upper: float = RRELU_UPPER,
+    training: bool = False,
+    seed: Union[int, keras.random.SeedGenerator, None] = None,
+) -> Any:
     """Randomized leaky ReLU.
 
     ``x`` for ``x >= 0``, else ``a x``, where in training ``a`` is drawn

@@ -45,6 +45,7 @@ arguments.
 
 import dataclasses
 import math
+from typing import Any
 from typing import Callable
 
 import keras
@@ -114,6 +115,10 @@ class ParametricActivation(keras.layers.Layer):
         training: bool; only activations with training noise use it.
     """
 
+    def __init__(self, **kwargs: Any) -> None:
+        # Only to annotate the constructor: the base Layer arguments.
+        super().__init__(**kwargs)
+
     @staticmethod
     def function(params, x):
         raise NotImplementedError
@@ -168,7 +173,7 @@ class LearnableActivation(ParametricActivation):
 
     PARAMETERS = ()
 
-    def __init__(self, per_unit=True, **kwargs):
+    def __init__(self, per_unit: bool = True, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.per_unit = bool(per_unit)
         self.units = None

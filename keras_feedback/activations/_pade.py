@@ -1,6 +1,8 @@
 """Padé activation units: learnable rational functions, and their fit."""
 
 import functools
+from typing import Any
+from typing import Tuple
 
 import numpy as np
 from keras import ops
@@ -55,7 +57,9 @@ def _pade_target(approximates):
 
 
 @public("keras_feedback.activations.pade_coefficients")
-def pade_coefficients(approximates, numerator_degree=5, denominator_degree=4):
+def pade_coefficients(
+    approximates: str, numerator_degree: int = 5, denominator_degree: int = 4
+) -> Tuple[np.ndarray, np.ndarray]:
     """Least-squares Padé coefficients of a named activation on [-3, 3].
 
     Fits ``P(x) / (1 + |sum_k b_k x^k|)`` to the activation on 1201 evenly
@@ -176,12 +180,12 @@ class Pade(LearnableActivation):
 
     def __init__(
         self,
-        approximates="tanh",
-        numerator_degree=5,
-        denominator_degree=4,
-        per_unit=True,
-        **kwargs,
-    ):
+        approximates: str = "tanh",
+        numerator_degree: int = 5,
+        denominator_degree: int = 4,
+        per_unit: bool = True,
+        **kwargs: Any,
+    ) -> None:
         initial = pade_coefficients(approximates, numerator_degree, denominator_degree)
         super().__init__(per_unit=per_unit, **kwargs)
         self._initial = initial

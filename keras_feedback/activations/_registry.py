@@ -11,11 +11,20 @@ fresh instance, which carries its own weights).
 import difflib
 import functools
 import inspect
+from typing import Any
+from typing import Callable
+from typing import Dict
+from typing import Optional
+from typing import Union
 
 import keras
 
 from keras_feedback._api import public
 from keras_feedback.activations import _derivatives
+
+# An activation: a name, a callable (a learnable activation instance is one),
+# or None (linear).
+ActivationLike = Union[str, Callable, None]
 
 # Helpers of `keras.activations` that are not activations.
 _NOT_ACTIVATIONS = frozenset({"deserialize", "get", "serialize"})
@@ -127,7 +136,7 @@ def _type_error(value, what):
 
 
 @public("keras_feedback.activations.get")
-def get(identifier):
+def get(identifier: Union[ActivationLike, Dict[str, Any]]) -> Callable:
     """Returns the activation an identifier names.
 
     Args:
@@ -163,7 +172,9 @@ def get(identifier):
 
 
 @public("keras_feedback.activations.serialize")
-def serialize(activation):
+def serialize(
+    activation: Union[ActivationLike, Dict[str, Any]],
+) -> Union[str, Dict[str, Any], None]:
     """Returns a config for an activation, the inverse of `deserialize`.
 
     A builtin or registered activation function serializes to its name, so
@@ -195,7 +206,10 @@ def serialize(activation):
 
 
 @public("keras_feedback.activations.deserialize")
-def deserialize(config, custom_objects=None):
+def deserialize(
+    config: Union[str, Dict[str, Any], None],
+    custom_objects: Optional[Dict[str, Any]] = None,
+) -> Callable:
     """Returns the activation a config describes, the inverse of `serialize`.
 
     Args:
@@ -250,7 +264,7 @@ def _not_elementwise_error(name):
 
 
 @public("keras_feedback.activations.derivative")
-def derivative(name_or_fn):
+def derivative(name_or_fn: ActivationLike) -> Callable:
     """Returns the analytic derivative of an elementwise activation.
 
     The derivative is computed in closed form with `keras.ops` (e.g.

@@ -8,7 +8,13 @@ only when ``search`` runs.
 
 import math
 import numbers
+import os
 import tempfile
+from typing import Any
+from typing import Callable
+from typing import Optional
+from typing import Sequence
+from typing import Union
 
 import keras
 
@@ -132,21 +138,21 @@ def _sort_key(score, direction):
 
 @public("keras_feedback.activations.search")
 def search(
-    build_model,
-    candidates=None,
-    train_data=None,
-    validation_data=None,
-    max_trials=None,
+    build_model: Callable[..., keras.Model],
+    candidates: Optional[Sequence[_registry.ActivationLike]] = None,
+    train_data: Any = None,
+    validation_data: Any = None,
+    max_trials: Optional[int] = None,
     *,
-    feedback_candidates=None,
-    epochs=1,
-    objective=None,
-    seed=0,
-    directory=None,
-    project_name="activation_search",
-    verbose=0,
-    **fit_kwargs,
-):
+    feedback_candidates: Optional[Sequence[_registry.ActivationLike]] = None,
+    epochs: int = 1,
+    objective: Any = None,
+    seed: int = 0,
+    directory: Union[str, os.PathLike, None] = None,
+    project_name: str = "activation_search",
+    verbose: int = 0,
+    **fit_kwargs: Any,
+) -> RankedTable:
     """Tries activations for a model and ranks them, with keras-tuner.
 
     Every trial builds the model with one candidate, after

@@ -7,6 +7,9 @@ parameters to the step math.
 """
 
 import math
+from typing import Any
+from typing import Optional
+from typing import Sequence
 
 import keras
 import numpy as np
@@ -52,7 +55,9 @@ class PReLU(LearnableActivation):
     PARAMETERS = ("alpha",)
     function = staticmethod(_prelu)
 
-    def __init__(self, alpha=0.25, per_unit=True, **kwargs):
+    def __init__(
+        self, alpha: float = 0.25, per_unit: bool = True, **kwargs: Any
+    ) -> None:
         alpha = _check_number("alpha", alpha)
         super().__init__(per_unit=per_unit, **kwargs)
         self.initial_alpha = alpha
@@ -95,7 +100,7 @@ class Swish(LearnableActivation):
     PARAMETERS = ("beta",)
     function = staticmethod(_swish)
 
-    def __init__(self, beta=1.0, per_unit=True, **kwargs):
+    def __init__(self, beta: float = 1.0, per_unit: bool = True, **kwargs: Any) -> None:
         beta = _check_number("beta", beta)
         super().__init__(per_unit=per_unit, **kwargs)
         self.initial_beta = beta
@@ -152,7 +157,9 @@ class Snake(LearnableActivation):
     PARAMETERS = ("frequency",)
     function = staticmethod(_snake)
 
-    def __init__(self, frequency=1.0, per_unit=True, **kwargs):
+    def __init__(
+        self, frequency: float = 1.0, per_unit: bool = True, **kwargs: Any
+    ) -> None:
         frequency = _check_number("frequency", frequency, 0.0, strict=True)
         super().__init__(per_unit=per_unit, **kwargs)
         self.initial_frequency = frequency
@@ -205,7 +212,14 @@ class APL(LearnableActivation):
     PARAMETERS = ("slopes", "hinges")
     function = staticmethod(_apl)
 
-    def __init__(self, segments=2, slope=0.0, hinges=None, per_unit=True, **kwargs):
+    def __init__(
+        self,
+        segments: int = 2,
+        slope: float = 0.0,
+        hinges: Optional[Sequence[float]] = None,
+        per_unit: bool = True,
+        **kwargs: Any,
+    ) -> None:
         segments = _check_int("segments", segments, 1)
         slope = _check_number("slope", slope)
         if hinges is None:
@@ -282,11 +296,11 @@ class RReLU(ParametricActivation):
 
     def __init__(
         self,
-        lower=_extras.RRELU_LOWER,
-        upper=_extras.RRELU_UPPER,
-        seed=None,
-        **kwargs,
-    ):
+        lower: float = _extras.RRELU_LOWER,
+        upper: float = _extras.RRELU_UPPER,
+        seed: Optional[int] = None,
+        **kwargs: Any,
+    ) -> None:
         lower, upper = _extras.check_rrelu_bounds(lower, upper)
         super().__init__(**kwargs)
         self.lower = lower

@@ -2,7 +2,10 @@
 ``(sequence, target)`` for a recurrent model; offline by default."""
 
 import dataclasses
+import os
 from typing import Optional
+from typing import Tuple
+from typing import Union
 
 import tensorflow as tf
 import tensorflow_datasets as tfds
@@ -27,7 +30,13 @@ class DatasetNotPreparedError(FileNotFoundError):
             (run it on a machine with network access, then copy the folder).
     """
 
-    def __init__(self, name, data_dir, build_command, manual=False):
+    def __init__(
+        self,
+        name: str,
+        data_dir: Union[str, os.PathLike],
+        build_command: str,
+        manual: bool = False,
+    ) -> None:
         self.name = name
         self.data_dir = data_dir
         self.build_command = build_command
@@ -293,16 +302,16 @@ def _check_split(split, builder):
 
 @public("keras_feedback.datasets.load_raw", serializable=False)
 def load_raw(
-    name,
-    split="train",
+    name: str,
+    split: str = "train",
     *,
-    data_dir=None,
-    shuffle=False,
-    seed=0,
-    download=False,
-    manual_dir=None,
-    as_supervised=False,
-):
+    data_dir: Union[str, os.PathLike, None] = None,
+    shuffle: bool = False,
+    seed: int = 0,
+    download: bool = False,
+    manual_dir: Union[str, os.PathLike, None] = None,
+    as_supervised: bool = False,
+) -> Tuple[tf.data.Dataset, tfds.core.DatasetBuilder]:
     """Opens a TFDS dataset offline, with a clear error when it is missing.
 
     The built-in tasks (``adding_problem``, ``copy_memory``) are generated
@@ -358,19 +367,19 @@ def load_raw(
 
 @public("keras_feedback.datasets.load", serializable=False)
 def load(
-    name,
-    split="train",
+    name: str,
+    split: str = "train",
     *,
-    data_dir=None,
-    batch_size=32,
-    shuffle=False,
-    seed=0,
-    max_length=256,
-    input_key=None,
-    target_key=None,
-    download=False,
-    manual_dir=None,
-):
+    data_dir: Union[str, os.PathLike, None] = None,
+    batch_size: Optional[int] = 32,
+    shuffle: bool = False,
+    seed: int = 0,
+    max_length: int = 256,
+    input_key: Optional[str] = None,
+    target_key: Optional[str] = None,
+    download: bool = False,
+    manual_dir: Union[str, os.PathLike, None] = None,
+) -> Tuple[tf.data.Dataset, SequenceTask]:
     """Loads a TFDS dataset as batches of ``(sequence, target)``.
 
     Works offline, as ``load_raw``. The input feature becomes a

@@ -5,6 +5,10 @@ signature the frozen conversion path does not write; ``_dequantize_weights``
 routes the int8 weights of hybrid ops through DEQUANTIZE ops.
 """
 
+import os
+from typing import List
+from typing import Union
+
 from keras_feedback._api import public
 
 
@@ -19,7 +23,7 @@ def _builtin_names():
 
 
 @public("keras_feedback.export.litert_ops")
-def litert_ops(model):
+def litert_ops(model: Union[str, os.PathLike, bytes, bytearray]) -> List[str]:
     """The operators of a LiteRT model, in all of its subgraphs.
 
     Args:

@@ -9,7 +9,12 @@ import os
 import re
 import time
 import warnings
+from typing import Any
+from typing import Dict
+from typing import Optional
+from typing import Union
 
+import keras
 import numpy as np
 import tensorflow as tf
 
@@ -142,13 +147,13 @@ def _flat_names(structure):
 
 @public("keras_feedback.export.export_litert")
 def export_litert(
-    model,
-    path,
-    quantization=None,
-    representative_data=None,
-    streaming=False,
-    overwrite=False,
-):
+    model: keras.Model,
+    path: Union[str, os.PathLike],
+    quantization: Optional[str] = None,
+    representative_data: Any = None,
+    streaming: bool = False,
+    overwrite: bool = False,
+) -> str:
     """Converts ``model`` to a LiteRT (``.tflite``) file with builtin ops only.
 
     The whole-sequence model keeps a dynamic batch and time axis (resize its
@@ -340,7 +345,12 @@ def _run_stream(interpreter, named, plan):
 
 
 @public("keras_feedback.export.verify_litert")
-def verify_litert(model, path, inputs, tolerance=None):
+def verify_litert(
+    model: keras.Model,
+    path: Union[str, os.PathLike],
+    inputs: Any,
+    tolerance: Optional[float] = None,
+) -> Dict[str, Any]:
     """Runs a LiteRT file in ``ai_edge_litert``'s interpreter against ``model``.
 
     A whole-sequence file is resized to ``inputs``' batch and time and run

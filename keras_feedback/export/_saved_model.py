@@ -4,6 +4,10 @@ import os
 import shutil
 import time
 import warnings
+from typing import Any
+from typing import Dict
+from typing import Optional
+from typing import Union
 
 import keras
 import numpy as np
@@ -53,8 +57,12 @@ def write_archive(plan, directory, kinds):
 
 @public("keras_feedback.export.export_saved_model")
 def export_saved_model(
-    model, directory, version=1, overwrite=False, compute_dtype="float32"
-):
+    model: keras.Model,
+    directory: Union[str, os.PathLike],
+    version: int = 1,
+    overwrite: bool = False,
+    compute_dtype: Optional[str] = "float32",
+) -> str:
     """Exports ``model`` as a SavedModel in TF Serving's layout.
 
     Writes ``<directory>/<version>/`` with the signatures:
@@ -189,7 +197,13 @@ def compare_steps(step_outputs, expected):
 
 
 @public("keras_feedback.export.verify_saved_model")
-def verify_saved_model(model, directory, inputs, version=1, tolerance=None):
+def verify_saved_model(
+    model: keras.Model,
+    directory: Union[str, os.PathLike],
+    inputs: Any,
+    version: int = 1,
+    tolerance: Optional[float] = None,
+) -> Dict[str, Any]:
     """Reloads an exported SavedModel and compares it with ``model``.
 
     Args:

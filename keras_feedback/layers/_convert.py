@@ -141,7 +141,7 @@ def from_keras(layer):
 
 
 @public("keras_feedback.layers.convert", serializable=False)
-def convert(model):
+def convert(model: keras.Model) -> keras.Model:
     """A copy of ``model`` with every Keras recurrent layer made ``Feedback``.
 
     Every ``SimpleRNN``, ``GRU`` and ``LSTM`` (alone or in a

@@ -6,6 +6,7 @@ weights (``FeedbackCellBase``); the layer is the recurrent base
 """
 
 import inspect
+from typing import Any
 
 import keras
 import tensorflow as tf
@@ -94,7 +95,7 @@ class FeedbackCell(FeedbackCellBase):
     TensorShape([3, 4])
     """
 
-    def __init__(self, units, **kwargs):
+    def __init__(self, units: int, **kwargs: Any) -> None:
         super().__init__(units, **kwargs)
         self.state_size = self.spec.state_size
         self.output_size = self.spec.output_size

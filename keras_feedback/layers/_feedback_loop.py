@@ -5,6 +5,9 @@ block, with the same weights, runs ``iterations`` times; from the second
 iteration on its input also carries what it produced the iteration before.
 """
 
+from typing import Any
+from typing import Optional
+
 import keras
 import tensorflow as tf
 
@@ -443,14 +446,14 @@ class FeedbackLoop(BlockFeedback):
 
     def __init__(
         self,
-        block,
-        iterations,
-        feedback="concat",
-        return_iterations=False,
-        feedback_from=None,
-        projection=None,
-        **kwargs,
-    ):
+        block: keras.layers.Layer,
+        iterations: int,
+        feedback: str = "concat",
+        return_iterations: bool = False,
+        feedback_from: Optional[str] = None,
+        projection: Optional[keras.layers.Layer] = None,
+        **kwargs: Any,
+    ) -> None:
         if (
             isinstance(iterations, bool)
             or not isinstance(iterations, int)

@@ -12,6 +12,12 @@ into ``model.compile``; several outputs (a prediction and a trace) combine
 with ``compile(loss={...}, loss_weights={...})``: no custom train step.
 """
 
+from typing import Any
+from typing import Callable
+from typing import Optional
+from typing import Sequence
+from typing import Union
+
 import keras
 import tensorflow as tf
 
@@ -105,15 +111,15 @@ class IterationLoss(keras.losses.Loss):
 
     def __init__(
         self,
-        loss,
-        weights=None,
-        aux_weight=1.0,
-        main_weight=1.0,
-        shared_target=True,
-        reduction="sum_over_batch_size",
-        name="iteration_loss",
-        dtype=None,
-    ):
+        loss: Union[str, Callable, keras.losses.Loss],
+        weights: Optional[Sequence[float]] = None,
+        aux_weight: float = 1.0,
+        main_weight: float = 1.0,
+        shared_target: bool = True,
+        reduction: Optional[str] = "sum_over_batch_size",
+        name: str = "iteration_loss",
+        dtype: Any = None,
+    ) -> None:
         base = _base_loss(loss)
         if weights is not None:
             weights = [_check_weight(f"weights[{i}]", w) for i, w in enumerate(weights)]
@@ -213,7 +219,14 @@ class IterationMetric(keras.metrics.Metric):
     'sparse_categorical_accuracy_1'
     """
 
-    def __init__(self, metric, iteration=-1, shared_target=True, name=None, dtype=None):
+    def __init__(
+        self,
+        metric: Union[str, Callable, keras.metrics.Metric],
+        iteration: int = -1,
+        shared_target: bool = True,
+        name: Optional[str] = None,
+        dtype: Any = None,
+    ) -> None:
         if isinstance(iteration, bool) or not isinstance(iteration, int):
             raise ValueError(
                 f"Argument `iteration` must be an integer, got {iteration!r}"

@@ -27,6 +27,10 @@ saved model.
 import dataclasses
 import io
 import math as pymath
+import os
+from typing import Any
+from typing import Callable
+from typing import Union
 
 import keras
 import numpy as np
@@ -415,15 +419,15 @@ class GradientFlow(keras.callbacks.Callback):
 
     def __init__(
         self,
-        data,
-        every=100,
-        layer=None,
-        log_dir=None,
-        heatmap_path=None,
-        jacobian=True,
-        max_examples=32,
-        loss=None,
-    ):
+        data: Any,
+        every: int = 100,
+        layer: Union[str, keras.layers.Layer, None] = None,
+        log_dir: Union[str, os.PathLike, None] = None,
+        heatmap_path: Union[str, os.PathLike, None] = None,
+        jacobian: bool = True,
+        max_examples: int = 32,
+        loss: Union[str, Callable, None] = None,
+    ) -> None:
         super().__init__()
         for name, value in (("every", every), ("max_examples", max_examples)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:

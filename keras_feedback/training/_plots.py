@@ -1,8 +1,17 @@
 """``plot_trace``: the picture of a feedback layer's trace (h, c, α)."""
 
+from typing import TYPE_CHECKING
+from typing import Any
+from typing import Mapping
+from typing import Optional
+from typing import Sequence
+
 import numpy as np
 
 from keras_feedback._api import public
+
+if TYPE_CHECKING:
+    import matplotlib.figure
 
 _LABELS = {"h": "h (hidden)", "c": "c (feedback)", "alpha": "α (attention)"}
 
@@ -27,7 +36,14 @@ def _one_sequence(name, value, example):
 
 
 @public("keras_feedback.training.plot_trace", serializable=False)
-def plot_trace(trace, inputs=None, *, example=0, title=None, input_labels=None):
+def plot_trace(
+    trace: Mapping[str, Any],
+    inputs: Any = None,
+    *,
+    example: int = 0,
+    title: Optional[str] = None,
+    input_labels: Optional[Sequence[str]] = None,
+) -> "matplotlib.figure.Figure":
     """Draws a feedback layer's trace over time: one heat map per signal.
 
     ``trace`` is what a layer built with ``return_trace=True`` returns last:

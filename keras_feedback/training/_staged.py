@@ -10,7 +10,12 @@ epochs and optimizer settings.
 
 import dataclasses
 from typing import Any
+from typing import Dict
+from typing import List
+from typing import Mapping
 from typing import Optional
+from typing import Sequence
+from typing import Union
 
 import keras
 
@@ -22,7 +27,7 @@ PARTS = ("feedforward", "feedback", "all")
 
 
 @public("keras_feedback.training.weight_groups", serializable=False)
-def weight_groups(model):
+def weight_groups(model: keras.layers.Layer) -> Dict[str, List[keras.Variable]]:
     """The model's trainable weights split into feedforward and feedback.
 
     The feedback part is the union of the ``feedback_weights`` of every
@@ -131,7 +136,13 @@ def _optimizer(stage, base_config):
 
 
 @public("keras_feedback.training.staged_fit", serializable=False)
-def staged_fit(model, stages, x=None, y=None, **fit_kwargs):
+def staged_fit(
+    model: keras.Model,
+    stages: Sequence[Union[Stage, Mapping[str, Any]]],
+    x: Any = None,
+    y: Any = None,
+    **fit_kwargs: Any,
+) -> List[keras.callbacks.History]:
     """Trains ``model`` stage by stage, each stage a normal ``fit``.
 
     The model must be compiled: every stage recompiles it with the same

@@ -25,6 +25,12 @@ import json
 import os
 import socket
 import tempfile
+from typing import Any
+from typing import Dict
+from typing import List
+from typing import Mapping
+from typing import Optional
+from typing import Union
 
 import keras
 import tensorflow as tf
@@ -66,7 +72,7 @@ def _split_address(address, where):
 
 
 @public("keras_feedback.training.distribute.parse_tf_config")
-def parse_tf_config(value):
+def parse_tf_config(value: Union[str, Mapping[str, Any]]) -> Dict[str, Any]:
     """Parses and validates a ``TF_CONFIG`` value for multi-worker training.
 
     Args:
@@ -204,7 +210,9 @@ def _local_devices():
 
 
 @public("keras_feedback.training.distribute.strategy_from_environment")
-def strategy_from_environment(environ=None):
+def strategy_from_environment(
+    environ: Optional[Mapping[str, str]] = None,
+) -> tf.distribute.Strategy:
     """The ``tf.distribute`` strategy the environment calls for.
 
     Call it at the start of the program, before any other TensorFlow
@@ -253,7 +261,9 @@ def strategy_from_environment(environ=None):
 
 
 @public("keras_feedback.training.distribute.per_replica_batch_size")
-def per_replica_batch_size(global_batch_size, strategy=None):
+def per_replica_batch_size(
+    global_batch_size: int, strategy: Optional[tf.distribute.Strategy] = None
+) -> int:
     """The batch each replica sees when ``global_batch_size`` is split evenly.
 
     Batch the dataset with the *global* batch; ``tf.distribute`` splits each
@@ -292,7 +302,7 @@ def per_replica_batch_size(global_batch_size, strategy=None):
 
 
 @public("keras_feedback.training.distribute.shard_by_data")
-def shard_by_data(dataset):
+def shard_by_data(dataset: tf.data.Dataset) -> tf.data.Dataset:
     """``dataset`` with auto-sharding by element (``AutoShardPolicy.DATA``).
 
     Every worker reads the whole input and keeps its share of each global
@@ -322,7 +332,7 @@ def _task(strategy):
 
 
 @public("keras_feedback.training.distribute.is_chief")
-def is_chief(strategy=None):
+def is_chief(strategy: Optional[tf.distribute.Strategy] = None) -> bool:
     """Whether this task writes the outputs of a run (model, logs, figures).
 
     Args:
@@ -341,7 +351,11 @@ def is_chief(strategy=None):
 
 
 @public("keras_feedback.training.distribute.save_model")
-def save_model(model, filepath, strategy=None):
+def save_model(
+    model: keras.Model,
+    filepath: Union[str, os.PathLike],
+    strategy: Optional[tf.distribute.Strategy] = None,
+) -> Union[str, os.PathLike, None]:
     """Saves ``model`` from every task and keeps only the chief's file.
 
     Call it on every task: saving reads every variable, and reading one that
@@ -367,7 +381,11 @@ def save_model(model, filepath, strategy=None):
 
 
 @public("keras_feedback.training.distribute.backup_and_restore")
-def backup_and_restore(backup_dir, strategy=None, double_checkpoint=True):
+def backup_and_restore(
+    backup_dir: Union[str, os.PathLike],
+    strategy: Optional[tf.distribute.Strategy] = None,
+    double_checkpoint: bool = True,
+) -> keras.callbacks.BackupAndRestore:
     """A ``keras.callbacks.BackupAndRestore`` that is safe with many workers.
 
     Keras's callback writes its checkpoint from every task; tasks sharing one
@@ -401,7 +419,7 @@ def backup_and_restore(backup_dir, strategy=None, double_checkpoint=True):
 
 
 @public("keras_feedback.training.distribute.local_cluster")
-def local_cluster(num_workers, host="127.0.0.1"):
+def local_cluster(num_workers: int, host: str = "127.0.0.1") -> List[Dict[str, Any]]:
     """``TF_CONFIG`` values for ``num_workers`` workers on this machine.
 
     Picks free ports by binding port 0 (all at once, so they differ). Set
