@@ -1,6 +1,8 @@
 """The built-in TFDS tasks and ``keras_feedback.datasets.load``."""
 
+import logging
 import math
+import re
 
 import keras
 import numpy as np
@@ -308,3 +310,25 @@ def test_load_rejects_bad_arguments(tmp_path):
         datasets.load("adding_problem/T50", batch_size=0)
     with pytest.raises(ValueError, match="`max_length`.*got -3"):
         datasets.load("adding_problem/T50", max_length=-3)
+
+
+@pytest.mark.parametrize(
+    "split, words",
+    [
+        ("test[5:2]", "selects no examples"),
+        ("test[:0]", "selects no examples"),
+        ("nope", "is not a split of adding_problem"),
+        ("test[:99999]", "is not a split of adding_problem"),
+    ],
+)
+def test_load_refuses_empty_or_unknown_splits_at_once(data_dir, split, words):
+    with pytest.raises(
+        ValueError, match=rf"Argument `split`: '{re.escape(split)}' {words}"
+    ):
+        datasets.load("adding_problem/T50", split, data_dir=data_dir)
+
+
+def test_load_prints_no_deprecation_warnings(data_dir, caplog):
+    with caplog.at_level(logging.WARNING):
+        datasets.load("adding_problem/T50", "test[:8]", data_dir=data_dir)
+    assert not [r for r in caplog.records if "deprecated" in r.getMessage()]
