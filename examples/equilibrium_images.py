@@ -31,35 +31,11 @@ import os
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 
 import keras  # noqa: E402
-import numpy as np  # noqa: E402
 
 import keras_feedback  # noqa: E402
-from keras_feedback.training._synthetic_images import synthetic_images  # noqa: E402
+from keras_feedback.training._synthetic_images import load_image_data  # noqa: E402
 
 DATASETS = ("synthetic", "mnist")
-
-
-def load_data(name, data_dir, max_examples, seed=0):
-    """``(x_train, y_train), (x_test, y_test), num_classes`` as numpy arrays."""
-    if name == "synthetic":
-        count = max_examples or 4000
-        train = synthetic_images(count, seed=seed)
-        test = synthetic_images(max(count // 4, 50), seed=seed + 1)
-        return train, test, 5
-    splits = []
-    for split in ("train", "test"):
-        cut = "" if max_examples is None else f"[:{max_examples}]"
-        dataset, builder = keras_feedback.datasets.load_raw(
-            name, split + cut, data_dir=data_dir, as_supervised=True
-        )
-        images, labels = [], []
-        for image, label in dataset.as_numpy_iterator():
-            images.append(image)
-            labels.append(label)
-        images = np.stack(images).astype("float32") / 255.0
-        splits.append((images, np.asarray(labels, "int32")))
-    num_classes = builder.info.features["label"].num_classes
-    return splits[0], splits[1], num_classes
 
 
 def build_block(image_shape, num_classes, filters):
@@ -189,7 +165,7 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
 
-    (x, y), (x_test, y_test), num_classes = load_data(
+    (x, y), (x_test, y_test), num_classes = load_image_data(
         args.dataset, args.data_dir, args.max_examples, args.seed
     )
     print(

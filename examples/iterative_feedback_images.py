@@ -23,32 +23,9 @@ import keras
 import numpy as np
 
 import keras_feedback
-from keras_feedback.training._synthetic_images import synthetic_images
+from keras_feedback.training._synthetic_images import load_image_data
 
 DATASETS = ("synthetic", "mnist", "cifar10")
-
-
-def load_data(name, data_dir, max_examples, seed=0):
-    """``(x_train, y_train), (x_test, y_test), num_classes`` as numpy arrays."""
-    if name == "synthetic":
-        count = max_examples or 4000
-        train = synthetic_images(count, seed=seed)
-        test = synthetic_images(max(count // 4, 50), seed=seed + 1)
-        return train, test, 5
-    splits = []
-    for split in ("train", "test"):
-        cut = "" if max_examples is None else f"[:{max_examples}]"
-        dataset, builder = keras_feedback.datasets.load_raw(
-            name, split + cut, data_dir=data_dir, as_supervised=True
-        )
-        images, labels = [], []
-        for image, label in dataset.as_numpy_iterator():
-            images.append(image)
-            labels.append(label)
-        images = np.stack(images).astype("float32") / 255.0
-        splits.append((images, np.asarray(labels, "int32")))
-    num_classes = builder.info.features["label"].num_classes
-    return splits[0], splits[1], num_classes
 
 
 def build_model(image_shape, num_classes, iterations, filters, feedback):
@@ -123,7 +100,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
 
     keras.utils.set_random_seed(args.seed)
-    (x, y), (x_test, y_test), num_classes = load_data(
+    (x, y), (x_test, y_test), num_classes = load_image_data(
         args.dataset, args.data_dir, args.max_examples, args.seed
     )
     print(

@@ -140,6 +140,20 @@ def input_file(flag, path):
     return path
 
 
+def load_arrays(flag, path):
+    """``numpy.load`` of the ``.npy`` or ``.npz`` file at ``path``, or
+    ``UsageError`` naming ``flag`` when it is missing or unreadable."""
+    import numpy as np
+
+    input_file(flag, path)
+    try:
+        return np.load(path)
+    except (OSError, ValueError) as error:
+        raise UsageError(
+            f"{flag} {path!r}: not a readable .npy or .npz file ({one_line(error)})"
+        ) from None
+
+
 def load_keras_model(flag, path, compile=True):
     """The Keras model saved at ``path``, or ``UsageError`` naming ``flag``
     when the file is missing or is not a loadable ``.keras`` model."""

@@ -50,12 +50,7 @@ def add_arguments(parser):
 
 
 def _npz(path, batch_size):
-    try:
-        archive = np.load(path)
-    except (OSError, ValueError) as error:
-        raise _commands.UsageError(
-            f"--data {path!r}: not a readable .npz file ({_commands.one_line(error)})"
-        ) from None
+    archive = _commands.load_arrays("--data", path)
     if isinstance(archive, np.ndarray):
         raise _commands.UsageError(
             f"--data {path!r}: expected a .npz file with arrays x and y, got one "
@@ -77,7 +72,6 @@ def _npz(path, batch_size):
 
 def _batch(args):
     if args.data.endswith(".npz"):
-        _commands.input_file("--data", args.data)
         return _npz(args.data, args.batch_size)
     import keras_feedback
 

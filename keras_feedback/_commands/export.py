@@ -119,14 +119,7 @@ def check_inputs(plan, batch, time, seed):
 def _load_representative(path):
     if path is None:
         return None
-    flag = "--representative-data"
-    _commands.input_file(flag, path)
-    try:
-        data = np.load(path)
-    except (OSError, ValueError) as error:
-        raise _commands.UsageError(
-            f"{flag} {path!r}: not a .npy or .npz file ({_commands.one_line(error)})"
-        ) from None
+    data = _commands.load_arrays("--representative-data", path)
     if isinstance(data, np.ndarray):
         return data
     return {name: data[name] for name in data.files}

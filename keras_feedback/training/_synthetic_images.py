@@ -11,7 +11,9 @@ short strokes. The class is the shape:
 Telling them apart needs more than one local patch (a corner of the square is
 an "L", its sides are bars), which is where iterations of a small
 convolutional block help: each iteration widens what a pixel sees. Used by
-``examples/iterative_feedback_images.py`` and the tests.
+``examples/iterative_feedback_images.py``, ``examples/equilibrium_images.py``
+and the tests; ``load_image_data`` gives the examples this task or a TFDS
+image dataset as the same arrays.
 """
 
 import numpy as np
@@ -85,3 +87,30 @@ def synthetic_images(num_examples, size=8, noise=0.35, strokes=1, seed=0):
         images[i] = image
     images += rng.normal(0.0, noise, images.shape).astype(np.float32)
     return images[..., None], labels.astype(np.int32)
+
+
+def load_image_data(name, data_dir, max_examples, seed=0):
+    """``(x_train, y_train), (x_test, y_test), num_classes`` as numpy arrays:
+    this task (``"synthetic"``) or a TFDS image dataset prepared in
+    ``data_dir`` (``"mnist"``, ``"cifar10"``), pixels scaled to [0, 1]."""
+    if name == "synthetic":
+        count = max_examples or 4000
+        train = synthetic_images(count, seed=seed)
+        test = synthetic_images(max(count // 4, 50), seed=seed + 1)
+        return train, test, len(CLASS_NAMES)
+    from keras_feedback import datasets
+
+    splits = []
+    for split in ("train", "test"):
+        cut = "" if max_examples is None else f"[:{max_examples}]"
+        dataset, builder = datasets.load_raw(
+            name, split + cut, data_dir=data_dir, as_supervised=True
+        )
+        images, labels = [], []
+        for image, label in dataset.as_numpy_iterator():
+            images.append(image)
+            labels.append(label)
+        images = np.stack(images).astype("float32") / 255.0
+        splits.append((images, np.asarray(labels, "int32")))
+    num_classes = builder.info.features["label"].num_classes
+    return splits[0], splits[1], num_classes
