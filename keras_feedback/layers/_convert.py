@@ -91,30 +91,7 @@ def _feedback_from(layer):
 
 
 def from_keras(layer):
-    """The ``Feedback`` layer equivalent to a Keras recurrent layer
-    (``Feedback.from_keras``).
-
-    Takes a ``keras.layers.SimpleRNN``, ``GRU`` or ``LSTM`` (or a
-    ``keras.layers.Bidirectional`` of one) and returns a new ``Feedback``
-    layer (or ``Bidirectional`` of two) with ``feedback_units=0``, the same
-    configuration (``return_sequences``, ``go_backwards``, ``stateful``,
-    dropout, initializers, dtype policy, name, ...) and, when the Keras layer
-    is built, a copy of its weights: the outputs are the same. Feedback can
-    then be switched on in a new layer (``feedback_units > 0``), or the
-    converted layer trained further as it is.
-
-    Args:
-        layer: a Keras ``SimpleRNN``, ``GRU`` (``reset_after=True``, Keras's
-            default) or ``LSTM``, or a ``Bidirectional`` wrapper of one.
-
-    Returns:
-        A ``Feedback`` layer, or a ``keras.layers.Bidirectional`` of two.
-
-    Raises:
-        TypeError: ``layer`` is not one of these layers.
-        ValueError: its configuration has no ``Feedback`` equivalent
-            (``GRU(reset_after=False)``, an ``activity_regularizer``).
-    """
+    """``Feedback.from_keras``: its documentation is there."""
     if isinstance(layer, keras.layers.Bidirectional) and convertible(layer):
         forward = _feedback_from(layer.forward_layer)
         backward = _feedback_from(layer.backward_layer)
