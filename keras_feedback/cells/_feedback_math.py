@@ -15,6 +15,14 @@ lstm) the parameters are:
     attention_kernel (H+F, H), attention_bias (H)  W_α, b_α
     output_kernel (H+F, O), output_bias (O)        W_y, b_y
     layer_norm_gamma (H), layer_norm_beta (H)
+    memory attention (``memory_attention``, memory features M_d, depth A):
+    memory_kernel (M_d, A)                 keys k_j = m_j W_k, once per sequence
+    memory_query_kernel (H, A)             q_t = h_t W_q (additive, or with
+                                           ``memory_units``; else q_t = h_t)
+    memory_score_kernel (A)                v (additive)
+    memory_output_kernel (H+M_d, H), memory_output_bias (H)
+                                           h̃_t = tanh(W_m [h_t; ctx_t] + b_m)
+    input_feeding_kernel (H, G*H)          h̃_{t-1} into the core
     activation, recurrent_activation, feedback_activation, output_activation:
         for a parametric activation only, the dict of its tensors
         (``keras_feedback.activations.ParametricActivation``); the spec then
@@ -37,6 +45,7 @@ from keras_feedback.engine._contract import Deferred
 from keras_feedback.engine._contract import Recurrence
 
 CORES = ("simple", "gru", "lstm")
+MEMORY_ATTENTIONS = ("additive", "dot", "scaled_dot")
 GATES = {"simple": 1, "gru": 3, "lstm": 4}
 LAYER_NORM_EPSILON = 1e-3
 
@@ -57,6 +66,19 @@ class StepSpec:
     recurrent_activation: Callable
     feedback_activation: Callable
     output_activation: Callable
+    memory_attention: Optional[str] = None
+    memory_units: Optional[int] = None
+    input_feeding: bool = False
+
+    @property
+    def memory_depth(self):
+        """The size ``A`` of the memory's keys and of the queries."""
+        return self.memory_units or self.units
+
+    @property
+    def memory_query(self):
+        """Whether the query is projected (``h_t W_q``) or is ``h_t``."""
+        return self.memory_attention == "additive" or self.memory_units is not None
 
     @property
     def gates(self):
@@ -70,6 +92,8 @@ class StepSpec:
             sizes.append(self.units)
         if self.feedback_units:
             sizes.append(self.feedback_units)
+        if self.input_feeding:
+            sizes.append(self.units)
         return sizes
 
     @property
@@ -139,11 +163,77 @@ def _layer_norm(spec, params, x):
 
 
 def _split_states(spec, states):
+    """``(h, carry, c, attentional)``, None for those the cell has not."""
     states = list(states)
     h = states.pop(0)
     carry = states.pop(0) if spec.core == "lstm" else None
     c = states.pop(0) if spec.feedback_units else None
-    return h, carry, c
+    attentional = states.pop(0) if spec.input_feeding else None
+    return h, carry, c, attentional
+
+
+def memory_params(spec, params, memory, memory_mask=None):
+    """What every step reads of the memory, computed once per sequence.
+
+    ``memory``: ``(B, M, M_d)``; ``memory_mask``: optional ``(B, M)``
+    boolean, False at padded positions. Returns ``{"values": memory,
+    "keys": memory W_k, "mask": memory_mask}`` (no ``"mask"`` without one).
+    """
+    flat = tf.reshape(memory, [-1, tf.shape(memory)[-1]])
+    keys = tf.reshape(
+        tf.matmul(flat, params["memory_kernel"]),
+        tf.concat([tf.shape(memory)[:-1], [spec.memory_depth]], 0),
+    )
+    result = {"values": memory, "keys": keys}
+    if memory_mask is not None:
+        result["mask"] = tf.cast(memory_mask, tf.bool)
+    return result
+
+
+def _masked_softmax(scores, mask):
+    """Softmax over the memory axis; masked positions get exactly zero (and a
+    row with no unmasked position all zeros). Half precision runs in
+    float32."""
+    dtype = scores.dtype
+    if dtype in (tf.float16, tf.bfloat16):
+        scores = tf.cast(scores, tf.float32)
+    if mask is not None:
+        mask = tf.expand_dims(mask, 1)  # (B, 1, M): every query
+        scores = tf.where(mask, scores, tf.fill(tf.shape(scores), scores.dtype.min))
+    weights = tf.nn.softmax(scores, axis=-1)
+    if mask is not None:
+        weights = weights * tf.cast(mask, weights.dtype)
+    return tf.cast(weights, dtype)
+
+
+def memory_alignment(spec, params, memory, queries):
+    """The attention weights ``(B, Q, M)`` of ``Q`` hidden states ``(B, Q,
+    H)`` over the memory (``memory_params``)."""
+    keys = memory["keys"]
+    if spec.memory_query:
+        queries = tf.matmul(queries, params["memory_query_kernel"])
+    if spec.memory_attention == "additive":
+        # v . tanh(k_j + q_t): (B, Q, M, A) summed against v.
+        hidden = tf.tanh(tf.expand_dims(keys, 1) + tf.expand_dims(queries, 2))
+        scores = tf.reduce_sum(hidden * params["memory_score_kernel"], axis=-1)
+    else:
+        scores = tf.matmul(queries, keys, transpose_b=True)
+        if spec.memory_attention == "scaled_dot":
+            scores = scores * tf.cast(spec.memory_depth**-0.5, scores.dtype)
+    return _masked_softmax(scores, memory.get("mask"))
+
+
+def _attend(spec, params, memory, h):
+    """Luong's attentional hidden state ``h̃ = tanh(W_m [h; ctx] + b_m)`` of
+    one step's ``h`` ``(B, H)``."""
+    weights = memory_alignment(spec, params, memory, tf.expand_dims(h, 1))
+    context = tf.matmul(weights, memory["values"])[:, 0]  # (B, M_d)
+    attentional = tf.matmul(
+        tf.concat([h, context], axis=-1), params["memory_output_kernel"]
+    )
+    if spec.use_bias:
+        attentional = attentional + params["memory_output_bias"]
+    return tf.tanh(attentional)
 
 
 def _product(params, products, name, x):
@@ -199,7 +289,9 @@ def bind_activations(spec, params):
     return dataclasses.replace(spec, **bound) if bound else spec
 
 
-def step(spec, params, projected, states, recurrent_mask=None, products=None):
+def step(
+    spec, params, projected, states, recurrent_mask=None, products=None, memory=None
+):
     """One time step of the feedback cell.
 
     Args:
@@ -212,16 +304,21 @@ def step(spec, params, projected, states, recurrent_mask=None, products=None):
         products: optional dict kernel name -> the product the step would
             compute with it (``U h_{t-1}``, ``U_c c_{t-1}``), supplied by an
             engine instead (see ``make_step_fn``).
+        memory: with memory attention, ``memory_params`` of the memory.
 
     Returns:
         ``(y, new_states, trace)``: the output ``(B, output_size)``, the new
         state list, and a dict of the per-step ``h``, ``c``, ``alpha``.
     """
     spec = bind_activations(spec, params)
-    h_prev, carry, c_prev = _split_states(spec, states)
+    h_prev, carry, c_prev, attentional_prev = _split_states(spec, states)
     if spec.feedback_units:
         projected = projected + _product(
             params, products, "feedback_recurrent_kernel", c_prev
+        )
+    if spec.input_feeding:
+        projected = projected + _product(
+            params, products, "input_feeding_kernel", attentional_prev
         )
     recurrent_input = h_prev if recurrent_mask is None else h_prev * recurrent_mask
     h, new_carry = _core(
@@ -239,21 +336,42 @@ def step(spec, params, projected, states, recurrent_mask=None, products=None):
             c = c + params["feedback_bias"]
         c = spec.feedback_activation(c)
         new_states.append(c)
-    output, trace = _readout(spec, params, h, c)
+    attentional = None
+    if spec.memory_attention:
+        attentional = _attend(spec, params, _needs_memory(memory), h)
+        if spec.input_feeding:
+            new_states.append(attentional)
+    output, trace = _readout(spec, params, h, c, attentional)
     return output, new_states, trace
 
 
-def readout(spec, params, states):
-    """The output ``y`` that the states ``(h, [carry], [c])`` a step returned
-    give: a step's output is a function of its new states alone."""
+def _needs_memory(memory):
+    if memory is None:
+        raise ValueError(
+            "A cell with memory attention needs the memory: pass `memory` "
+            "(batch, memory_time, features) to the call"
+        )
+    return memory
+
+
+def readout(spec, params, states, memory=None):
+    """The output ``y`` that the states ``(h, [carry], [c], [attentional])``
+    a step returned give: a step's output is a function of its new states
+    (and the memory) alone."""
     spec = bind_activations(spec, params)
-    h, _, c = _split_states(spec, states)
-    return _readout(spec, params, h, c)[0]
+    h, _, c, attentional = _split_states(spec, states)
+    if spec.memory_attention and attentional is None:
+        attentional = _attend(spec, params, _needs_memory(memory), h)
+    return _readout(spec, params, h, c, attentional)[0]
 
 
-def _readout(spec, params, h, c):
-    """``(y, trace)`` of the new ``h`` and feedback ``c`` (None without)."""
+def _readout(spec, params, h, c, attentional=None):
+    """``(y, trace)`` of the new ``h``, feedback ``c`` and, with memory
+    attention, attentional state ``h̃`` (each None without), which then
+    stands for ``h`` in the gate and the readout."""
     trace = {"h": h}
+    if attentional is not None:
+        h = attentional
     readout = h
     if c is not None:
         trace["c"] = c
@@ -293,7 +411,13 @@ def make_recurrence(spec, project=True):
         if project and spec.use_bias:
             projected = projected + input_bias(spec, weights)
         return step(
-            spec, weights, projected, states, params.get("recurrent_mask"), products
+            spec,
+            weights,
+            projected,
+            states,
+            params.get("recurrent_mask"),
+            products,
+            params.get("memory"),
         )
 
     def project_fn(params, sequences):
@@ -311,13 +435,19 @@ def make_recurrence(spec, project=True):
 
 def _deferred_linears(spec):
     """The step's linears of the previous states, which an engine may compute:
-    ``U h_{t-1}`` and, with feedback, ``U_c c_{t-1}`` (see ``Deferred``)."""
+    ``U h_{t-1}`` and, with feedback, ``U_c c_{t-1}``; with input feeding
+    ``W_f h̃_{t-1}`` (see ``Deferred``)."""
     deferred = [
         Deferred(("weights", "recurrent_kernel"), _recurrent_input, spec.core != "gru")
     ]
     if spec.feedback_units:
+        feedback = _second_last_state if spec.input_feeding else _last_state
         deferred.append(
-            Deferred(("weights", "feedback_recurrent_kernel"), _feedback_input, True)
+            Deferred(("weights", "feedback_recurrent_kernel"), feedback, True)
+        )
+    if spec.input_feeding:
+        deferred.append(
+            Deferred(("weights", "input_feeding_kernel"), _last_state, True)
         )
     return tuple(deferred)
 
@@ -330,5 +460,9 @@ def _recurrent_input(params, states):
     return h * (mask[:, None] if h.shape.rank == 3 else mask)
 
 
-def _feedback_input(params, states):
+def _last_state(params, states):
     return states[-1]
+
+
+def _second_last_state(params, states):
+    return states[-2]

@@ -21,7 +21,15 @@ from keras_feedback.cells import _feedback_math as math
 # An activation: a name, a callable, or a learnable activation instance.
 ActivationLike = Union[str, Callable, None]
 # Weight groups: name -> (initializer/regularizer/constraint argument prefix).
-KERNEL_GROUPS = ("kernel", "recurrent", "feedback", "attention", "output", "bias")
+KERNEL_GROUPS = (
+    "kernel",
+    "recurrent",
+    "feedback",
+    "attention",
+    "output",
+    "memory",
+    "bias",
+)
 _KINDS = (
     ("initializer", keras.initializers.get, keras.initializers.serialize),
     ("regularizer", keras.regularizers.get, keras.regularizers.serialize),
@@ -34,9 +42,19 @@ FEEDBACK_PARAMS = (
     "feedback_bias",
     "attention_kernel",
     "attention_bias",
+    "input_feeding_kernel",
+)
+# The arguments of memory attention (dense cell only).
+MEMORY_ARGS = (
+    "memory_attention",
+    "memory_units",
+    "input_feeding",
+    "memory_initializer",
+    "memory_regularizer",
+    "memory_constraint",
 )
 # The names of the state tensors, in order (those a cell has).
-STATE_NAMES = ("h", "carry", "c")
+STATE_NAMES = ("h", "carry", "c", "attentional")
 
 
 def check_int(name, value, minimum, allow_none=False):
@@ -108,23 +126,29 @@ class FeedbackCellBase(keras.layers.Layer):
         feedback_initializer: Any = "glorot_uniform",
         attention_initializer: Any = "glorot_uniform",
         output_initializer: Any = "glorot_uniform",
+        memory_initializer: Any = "glorot_uniform",
         bias_initializer: Any = "zeros",
         kernel_regularizer: Any = None,
         recurrent_regularizer: Any = None,
         feedback_regularizer: Any = None,
         attention_regularizer: Any = None,
         output_regularizer: Any = None,
+        memory_regularizer: Any = None,
         bias_regularizer: Any = None,
         kernel_constraint: Any = None,
         recurrent_constraint: Any = None,
         feedback_constraint: Any = None,
         attention_constraint: Any = None,
         output_constraint: Any = None,
+        memory_constraint: Any = None,
         bias_constraint: Any = None,
         unit_forget_bias: bool = True,
         dropout: float = 0.0,
         recurrent_dropout: float = 0.0,
         seed: Optional[int] = None,
+        memory_attention: Optional[str] = None,
+        memory_units: Optional[int] = None,
+        input_feeding: Optional[bool] = None,
         **kwargs,
     ):
         names = self.SIZE_NAMES
@@ -139,6 +163,9 @@ class FeedbackCellBase(keras.layers.Layer):
             )
         dropout = _check_rate("dropout", dropout)
         recurrent_dropout = _check_rate("recurrent_dropout", recurrent_dropout)
+        input_feeding = self._check_memory_attention(
+            memory_attention, memory_units, input_feeding
+        )
         super().__init__(**kwargs)
         self.units = units
         self.feedback_units = feedback_units
@@ -161,6 +188,10 @@ class FeedbackCellBase(keras.layers.Layer):
         self.recurrent_dropout = recurrent_dropout
         self.seed = seed
         self.seed_generator = keras.random.SeedGenerator(seed)
+        self.memory_attention = memory_attention
+        self.memory_units = memory_units
+        self.input_feeding = input_feeding
+        self.memory_features = None  # known at build, from the memory's shape
         self._check_activations()
         self.spec = math.StepSpec(
             core=core,
@@ -175,7 +206,48 @@ class FeedbackCellBase(keras.layers.Layer):
             recurrent_activation=_step_form(self.recurrent_activation),
             feedback_activation=_step_form(self.feedback_activation),
             output_activation=_step_form(self.output_activation),
+            memory_attention=memory_attention,
+            memory_units=memory_units,
+            input_feeding=input_feeding,
         )
+
+    # Whether the cell can attend over a memory (the dense one).
+    SUPPORTS_MEMORY = False
+
+    def _check_memory_attention(self, memory_attention, memory_units, input_feeding):
+        """Checks the memory attention arguments; returns ``input_feeding``
+        (None: True with memory attention, False without)."""
+        if memory_attention is not None:
+            if not self.SUPPORTS_MEMORY:
+                raise ValueError(
+                    f"Argument `memory_attention`={memory_attention!r}: "
+                    f"{type(self).__name__} has no memory attention; use "
+                    "keras_feedback.layers.Feedback"
+                )
+            if memory_attention not in math.MEMORY_ATTENTIONS:
+                raise ValueError(
+                    "Argument `memory_attention` must be one of "
+                    f"{math.MEMORY_ATTENTIONS} or None, got {memory_attention!r}"
+                )
+        check_int("memory_units", memory_units, 1, allow_none=True)
+        if memory_attention is None:
+            if memory_units is not None:
+                raise ValueError(
+                    f"Argument `memory_units`={memory_units!r} needs "
+                    "`memory_attention` ('additive', 'dot' or 'scaled_dot')"
+                )
+            if input_feeding:
+                raise ValueError(
+                    "Argument `input_feeding`=True needs `memory_attention` "
+                    "('additive', 'dot' or 'scaled_dot'): it feeds the attended "
+                    "output back into the next step"
+                )
+            return False
+        if input_feeding is not None and not isinstance(input_feeding, bool):
+            raise TypeError(
+                f"Argument `input_feeding` must be a bool or None, got {input_feeding!r}"
+            )
+        return True if input_feeding is None else input_feeding
 
     def _check_activations(self):
         """Refuses activations the step math cannot keep pure, or that do
@@ -256,7 +328,8 @@ class FeedbackCellBase(keras.layers.Layer):
         super().load_own_variables(store)
 
     def build_weights(self, features):
-        """Creates every weight, for inputs of ``features`` channels."""
+        """Creates every weight, for inputs of ``features`` channels (and,
+        with memory attention, a memory of ``memory_features``)."""
         units, fb, out = self.units, self.feedback_units, self.output_units
         width = self.spec.gates * units
         shape = self.kernel_shape
@@ -288,6 +361,8 @@ class FeedbackCellBase(keras.layers.Layer):
             )
             if self.use_bias:
                 self.output_bias = self._add("output_bias", (out,), "bias")
+        if self.memory_attention:
+            self._build_memory_weights(width)
         if self.layer_norm:
             self.layer_norm_gamma = self.add_weight(
                 name="layer_norm_gamma", shape=(units,), initializer="ones"
@@ -304,6 +379,33 @@ class FeedbackCellBase(keras.layers.Layer):
                     f"Argument `{slot}`: {act!r} was built for {act.units} "
                     f"units, but the cell applies it to {act_width}"
                 )
+
+    def _build_memory_weights(self, width):
+        units, depth, spec = self.units, self.spec.memory_depth, self.spec
+        memory = self.memory_features
+        if memory is None:
+            raise ValueError(
+                f"Layer with memory_attention={self.memory_attention!r} needs the "
+                "memory's feature size to build: call it with `memory`"
+            )
+        self.memory_kernel = self._add("memory_kernel", (memory, depth), "memory")
+        if spec.memory_query:
+            self.memory_query_kernel = self._add(
+                "memory_query_kernel", (units, depth), "memory"
+            )
+        if spec.memory_attention == "additive":
+            self.memory_score_kernel = self._add(
+                "memory_score_kernel", (depth,), "memory"
+            )
+        self.memory_output_kernel = self._add(
+            "memory_output_kernel", (units + memory, units), "memory"
+        )
+        if self.use_bias:
+            self.memory_output_bias = self._add("memory_output_bias", (units,), "bias")
+        if self.input_feeding:
+            self.input_feeding_kernel = self._add(
+                "input_feeding_kernel", (units, width), "memory"
+            )
 
     def _parametric_activations(self):
         """slot -> (activation, width it is applied to), parametric ones only."""
@@ -411,9 +513,10 @@ class FeedbackCellBase(keras.layers.Layer):
     @property
     def state_names(self):
         """The names of the states, in order: ``h``, ``carry`` (lstm), ``c``
-        (with feedback)."""
+        (with feedback), ``attentional`` (with input feeding)."""
         names = ["h"] + (["carry"] if self.core == "lstm" else [])
-        return names + (["c"] if self.feedback_units else [])
+        names += ["c"] if self.feedback_units else []
+        return names + (["attentional"] if self.input_feeding else [])
 
     def states_from_engine(self, states):
         """Engine-layout states as the layer hands them out (``from_engine``
@@ -442,10 +545,16 @@ class FeedbackCellBase(keras.layers.Layer):
             "dropout": self.dropout,
             "recurrent_dropout": self.recurrent_dropout,
             "seed": self.seed,
+            "memory_attention": self.memory_attention,
+            "memory_units": self.memory_units,
+            "input_feeding": self.input_feeding,
         }
         for group in KERNEL_GROUPS:
             for kind, _, serialize in _KINDS:
                 config[f"{group}_{kind}"] = serialize(getattr(self, f"{group}_{kind}"))
+        if not self.SUPPORTS_MEMORY:
+            for name in MEMORY_ARGS:
+                del config[name]
         return config
 
     def get_config(self):

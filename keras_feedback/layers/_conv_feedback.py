@@ -18,6 +18,7 @@ import tensorflow as tf
 from keras_feedback._api import public
 from keras_feedback.cells import _conv_feedback_math as conv_math
 from keras_feedback.cells import _feedback_math as math
+from keras_feedback.layers._cell import MEMORY_ARGS
 from keras_feedback.layers._cell import FeedbackCellBase
 from keras_feedback.layers._recurrent import FeedbackRNN
 from keras_feedback.layers._recurrent import spelled_out_signature
@@ -239,7 +240,7 @@ _CELL_ARGS = tuple(inspect.signature(ConvFeedbackCell.__init__).parameters)[
 ] + tuple(
     n
     for n in tuple(inspect.signature(FeedbackCellBase.__init__).parameters)[1:-1]
-    if n not in _SIZES
+    if n not in _SIZES and n not in MEMORY_ARGS
 )
 
 

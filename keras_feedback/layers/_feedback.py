@@ -74,6 +74,19 @@ class FeedbackCell(FeedbackCellBase):
         recurrent_dropout: float in [0, 1), dropout rate on ``h_{t-1}`` in
             the recurrent matmul.
         seed: int, seed of the dropout masks.
+        memory_attention: None, ``"additive"`` (Bahdanau), ``"dot"`` or
+            ``"scaled_dot"`` (Luong): at every step the new ``h_t`` attends
+            over a memory (an encoder's outputs, given to the layer's call
+            as ``memory``), and Luong's attentional state
+            ``h̃_t = tanh(W_m [h_t; ctx_t] + b_m)`` takes the place of
+            ``h_t`` in the gate and the output (``docs/seq2seq.md``).
+        memory_units: the size of the keys and queries (default ``units``;
+            with ``"dot"``/``"scaled_dot"`` and None the query is ``h_t``).
+        input_feeding: with memory attention (default True), ``h̃_{t-1}``
+            joins the next step's input (Luong's input feeding): a state
+            ``attentional``. True without ``memory_attention`` is an error.
+        memory_initializer, memory_regularizer, memory_constraint: of the
+            memory attention's kernels.
         **kwargs: base ``keras.layers.Layer`` arguments.
 
     Call arguments:
@@ -94,6 +107,8 @@ class FeedbackCell(FeedbackCellBase):
     >>> rnn(np.zeros((3, 5, 6), "float32")).shape
     TensorShape([3, 4])
     """
+
+    SUPPORTS_MEMORY = True
 
     def __init__(self, units: int, **kwargs: Any) -> None:
         super().__init__(units, **kwargs)
@@ -149,11 +164,28 @@ class FeedbackCell(FeedbackCellBase):
         return (*lead, channels)
 
     def readout(self, params, states):
-        return math.readout(self.spec, params["weights"], states)
+        return math.readout(self.spec, params["weights"], states, params.get("memory"))
+
+    def memory_params(self, params, memory, memory_mask):
+        """``params`` with the memory's keys, computed once per call."""
+        memory = math.memory_params(self.spec, params["weights"], memory, memory_mask)
+        return {**params, "memory": memory}
+
+    def memory_alignment(self, params, hidden):
+        """The attention weights ``(B, T, M)`` of hidden states ``(B, T,
+        H)``: those each step gave (a step's weights are a function of its
+        ``h``)."""
+        spec = math.bind_activations(self.spec, params["weights"])
+        return math.memory_alignment(spec, params["weights"], params["memory"], hidden)
 
     # --- the Keras cell contract -----------------------------------------
 
     def call(self, inputs, states, training=False):
+        if self.memory_attention:
+            raise ValueError(
+                "A FeedbackCell with memory_attention runs in the Feedback layer "
+                "(which takes the `memory`), not in keras.layers.RNN"
+            )
         states = tf.nest.flatten(states)
         inputs = tf.cast(inputs, self.compute_dtype)
         batch = tf.shape(inputs)[0]

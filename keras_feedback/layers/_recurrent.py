@@ -94,7 +94,13 @@ class FeedbackRNN(keras.layers.Layer):
 
     # --- build and states -----------------------------------------------------
 
-    def build(self, sequences_shape, initial_state_shape=None):
+    def build(
+        self,
+        sequences_shape,
+        initial_state_shape=None,
+        memory_shape=None,
+        memory_mask_shape=None,
+    ):
         sequences_shape = tuple(sequences_shape)
         rank = self.cell.input_rank
         if len(sequences_shape) != rank:
@@ -102,6 +108,9 @@ class FeedbackRNN(keras.layers.Layer):
                 f"{type(self).__name__} expects inputs of rank {rank} "
                 f"{self.cell.input_layout}, got shape {sequences_shape}"
             )
+        self._check_memory_shapes(memory_shape, memory_mask_shape)
+        if memory_shape is not None:
+            self.cell.memory_features = memory_shape[-1]
         self.cell.build(sequences_shape)
         self.input_spec = keras.InputSpec(
             ndim=rank,
@@ -258,6 +267,80 @@ class FeedbackRNN(keras.layers.Layer):
                     mask = tf.identity(mask)
         return tf.cast(mask, tf.bool)
 
+    def _check_memory_shapes(self, memory_shape, memory_mask_shape):
+        """A memory of shape ``(batch, memory_time, features)`` where the
+        cell attends over one (and none where it does not), and a mask of
+        ``(batch, memory_time)``."""
+        attention = getattr(self.cell, "memory_attention", None)
+        if memory_shape is None:
+            if attention:
+                raise ValueError(
+                    f"Layer {self.name!r} has memory_attention={attention!r} "
+                    "and was called without `memory`: pass the encoder's outputs "
+                    "as `memory` (batch, memory_time, features)"
+                )
+            if memory_mask_shape is not None:
+                raise ValueError("Argument `memory_mask` was given without `memory`")
+            return
+        memory_shape = tuple(memory_shape)
+        if not attention:
+            raise ValueError(
+                f"Argument `memory` was given to layer {self.name!r}, which has "
+                "no memory attention: build it with memory_attention='additive', "
+                "'dot' or 'scaled_dot'"
+            )
+        features = self.cell.memory_features if self.cell.built else None
+        if len(memory_shape) != 3 or memory_shape[-1] is None:
+            raise ValueError(
+                "Argument `memory` must have shape (batch, memory_time, features) "
+                f"with a known feature size, got {memory_shape}"
+            )
+        if features is not None and memory_shape[-1] != features:
+            raise ValueError(
+                f"Argument `memory` must have shape (batch, memory_time, "
+                f"{features}) (the feature size the layer was built for), got "
+                f"{memory_shape}"
+            )
+        if memory_mask_shape is not None:
+            mask_shape = tuple(memory_mask_shape)
+            if len(mask_shape) != 2 or not all(
+                a is None or b is None or a == b
+                for a, b in zip(mask_shape, memory_shape[:2])
+            ):
+                raise ValueError(
+                    "Argument `memory_mask` must have shape (batch, memory_time) "
+                    f"= {memory_shape[:2]}, matching the memory of shape "
+                    f"{memory_shape}, got {mask_shape}"
+                )
+
+    def _memory_params(self, params, memory, memory_mask):
+        """``params`` with the memory (checked, compute dtype) and its keys,
+        or as they are when the cell has no memory attention."""
+        if memory is None and not getattr(self.cell, "memory_attention", None):
+            if memory_mask is not None:
+                raise ValueError("Argument `memory_mask` was given without `memory`")
+            return params
+        if memory is not None and memory_mask is None:
+            memory_mask = getattr(memory, "_keras_mask", None)
+        memory = None if memory is None else self._cast_inputs(memory)
+        if memory_mask is not None:
+            memory_mask = tf.convert_to_tensor(memory_mask)
+        self._check_memory_shapes(
+            None if memory is None else memory.shape,
+            None if memory_mask is None else memory_mask.shape,
+        )
+        if memory_mask is not None and not _PURE.get():
+            if None in memory_mask.shape or None in memory.shape[:2]:
+                check = tf.debugging.assert_equal(
+                    tf.shape(memory_mask),
+                    tf.shape(memory)[:2],
+                    message="Argument `memory_mask` must have shape (batch, "
+                    "memory_time) of the memory",
+                )
+                with tf.control_dependencies([check]):
+                    memory_mask = tf.identity(memory_mask)
+        return self.cell.memory_params(params, memory, memory_mask)
+
     def _check_batch(self, batch):
         """A stateful layer's batch must be the one it was built for."""
         fixed = self._state_variables[0].shape[0]
@@ -297,13 +380,24 @@ class FeedbackRNN(keras.layers.Layer):
 
     # --- call -----------------------------------------------------------------
 
-    def call(self, sequences, initial_state=None, mask=None, training=False):
+    def call(
+        self,
+        sequences,
+        initial_state=None,
+        mask=None,
+        training=False,
+        memory=None,
+        memory_mask=None,
+    ):
         cell = self.cell
         sequences = self._cast_inputs(sequences)
         mask = self._check_mask(mask, sequences)
         states = self._start_states(initial_state, sequences)
         batch = tf.shape(sequences)[0]
         params, per_example = cell.engine_params(training, batch)
+        params = self._memory_params(params, memory, memory_mask)
+        if "memory" in params and per_example is not None:
+            per_example = (*per_example, "memory")
         inputs = cell.engine_inputs(params, cell.input_dropout(sequences, training))
         recurrence = cell.recurrence()
         if sequences.shape[1] == 0:
@@ -329,6 +423,11 @@ class FeedbackRNN(keras.layers.Layer):
         if self.stateful and not _PURE.get():
             for variable, value in zip(self._state_variables, final_states):
                 variable.assign(tf.cast(value, variable.dtype))
+        if self.return_trace and "memory" in params:
+            traces = {
+                **traces,
+                "memory_alignment": cell.memory_alignment(params, traces["h"]),
+            }
         return self._results(outputs, last_output, final_states, traces)
 
     def _results(self, outputs, last_output, final_states, traces):
@@ -341,7 +440,12 @@ class FeedbackRNN(keras.layers.Layer):
             result.extend(cell.states_from_engine(final_states))
         if self.return_trace:
             sizes = spec.trace_sizes
-            result.append({k: cell.from_engine(v, sizes[k]) for k, v in traces.items()})
+            result.append(
+                {
+                    k: v if k not in sizes else cell.from_engine(v, sizes[k])
+                    for k, v in traces.items()
+                }
+            )
         return result[0] if len(result) == 1 else tuple(result)
 
     def step(
@@ -351,6 +455,8 @@ class FeedbackRNN(keras.layers.Layer):
         mask: Optional[TensorLike] = None,
         training: bool = False,
         previous_output: Optional[TensorLike] = None,
+        memory: Optional[TensorLike] = None,
+        memory_mask: Optional[TensorLike] = None,
     ) -> Tuple[tf.Tensor, List[tf.Tensor]]:
         """One time step, with explicit states: the way to stream in Python.
 
@@ -377,6 +483,10 @@ class FeedbackRNN(keras.layers.Layer):
                 states give, which is the previous step's output whenever
                 there was an unmasked one (before any, the whole-sequence call
                 outputs zeros: pass zeros to match it).
+            memory: with memory attention, the memory ``(batch,
+                memory_time, features)`` the step attends over.
+            memory_mask: optional ``(batch, memory_time)`` boolean, False at
+                padded memory positions.
 
         Returns:
             ``(outputs, new_states)``: the step's output and the list of new
@@ -420,6 +530,7 @@ class FeedbackRNN(keras.layers.Layer):
         old = self._check_states(states, inputs.shape[0], "states")
         batch = tf.shape(inputs)[0]
         params, _ = cell.engine_params(training, batch)
+        params = self._memory_params(params, memory, memory_mask)
         recurrence = cell.recurrence()
         projected = cell.engine_inputs(params, cell.input_dropout(sequences, training))
         if recurrence.project is not None:
@@ -452,7 +563,13 @@ class FeedbackRNN(keras.layers.Layer):
 
     # --- shapes, masks, config ------------------------------------------------
 
-    def compute_output_shape(self, sequences_shape, initial_state_shape=None):
+    def compute_output_shape(
+        self,
+        sequences_shape,
+        initial_state_shape=None,
+        memory_shape=None,
+        memory_mask_shape=None,
+    ):
         cell, spec = self.cell, self.cell.spec
         batch, time = sequences_shape[0], sequences_shape[1]
         lead = (batch, time) if self.return_sequences else (batch,)
@@ -462,20 +579,24 @@ class FeedbackRNN(keras.layers.Layer):
                 cell.output_shape(sequences_shape, (batch,), n) for n in spec.state_size
             )
         if self.return_trace:
-            shapes.append(
-                {
-                    k: cell.output_shape(sequences_shape, (batch, time), n)
-                    for k, n in spec.trace_sizes.items()
-                }
-            )
+            traces = {
+                k: cell.output_shape(sequences_shape, (batch, time), n)
+                for k, n in spec.trace_sizes.items()
+            }
+            if memory_shape is not None:
+                traces["memory_alignment"] = (batch, time, tuple(memory_shape)[1])
+            shapes.append(traces)
         return shapes[0] if len(shapes) == 1 else tuple(shapes)
 
-    def compute_mask(self, sequences, mask=None):
+    def compute_mask(self, sequences, mask=None, memory=None, memory_mask=None):
         masks = [mask if self.return_sequences else None]
         if self.return_state:
             masks.extend(None for _ in self.cell.spec.state_size)
         if self.return_trace:
-            masks.append({k: None for k in self.cell.spec.trace_sizes})
+            names = list(self.cell.spec.trace_sizes)
+            if getattr(self.cell, "memory_attention", None):
+                names.append("memory_alignment")
+            masks.append({k: None for k in names})
         return masks[0] if len(masks) == 1 else tuple(masks)
 
     def get_config(self):
