@@ -3,7 +3,7 @@
 The public API is what the namespace packages re-export:
 ``keras_feedback.layers``, ``keras_feedback.activations``,
 ``keras_feedback.datasets``, ``keras_feedback.export``,
-``keras_feedback.training``.
+``keras_feedback.seq2seq``, ``keras_feedback.training``.
 
 ``import keras_feedback`` imports them all (which registers the layers for
 ``.keras`` loading). The ``keras-feedback`` command alone starts without
@@ -17,7 +17,7 @@ import sys
 
 from keras_feedback.version import __version__
 
-_NAMESPACES = ("activations", "datasets", "export", "layers", "training")
+_NAMESPACES = ("activations", "datasets", "export", "layers", "seq2seq", "training")
 __all__ = ["__version__", *_NAMESPACES]
 
 
