@@ -116,3 +116,85 @@ def feedback_sequence(w, xs, cfg, mask=None, initial=None, go_backwards=False):
     states = [s for s in (h, carry, c) if s is not None]
     trace = {k: np.stack(v, 1) for k, v in trace.items() if v and v[0] is not None}
     return np.stack(outputs, 1), states, trace
+
+
+def softmax(x, axis=-1):
+    e = np.exp(x - x.max(axis, keepdims=True))
+    return e / e.sum(axis, keepdims=True)
+
+
+def memory_weights(w, h, memory, mask, cfg):
+    """Attention weights ``(B, M)`` of one step's ``h`` over ``memory``."""
+    form = cfg["memory_attention"]
+    keys = memory @ w["memory_kernel"]  # (B, M, A)
+    query = h
+    if form == "additive" or cfg.get("memory_units"):
+        query = h @ w["memory_query_kernel"]
+    if form == "additive":
+        scores = np.tanh(keys + query[:, None]) @ w["memory_score_kernel"]
+    else:
+        scores = np.einsum("bma,ba->bm", keys, query)
+        if form == "scaled_dot":
+            scores = scores / np.sqrt(keys.shape[-1])
+    if mask is None:
+        return softmax(scores)
+    weights = np.zeros_like(scores)
+    for b in range(scores.shape[0]):
+        if mask[b].any():
+            weights[b, mask[b]] = softmax(scores[b, mask[b]])
+    return weights
+
+
+def attention_sequence(w, xs, memory, cfg, memory_mask=None, mask=None):
+    """An attention decoder over ``xs`` (B, T, D) attending over ``memory``
+    (B, M, Dm): Luong's attentional state, input feeding as inputs
+    concatenated to ``x_t``. Returns outputs, final states, per-step weights."""
+    batch, steps, _ = xs.shape
+    units, fb = cfg["units"], cfg["feedback_units"]
+    feeding = cfg.get("input_feeding", True)
+    core_cfg = dict(cfg, attention=False, output_units=None)
+    core_w = dict(w)
+    if feeding:
+        core_w["kernel"] = np.concatenate([w["kernel"], w["input_feeding_kernel"]], 0)
+    out_act = ACTIVATIONS[cfg.get("output_activation")]
+    h = np.zeros((batch, units))
+    carry = np.zeros((batch, units)) if cfg["core"] == "lstm" else None
+    c = np.zeros((batch, fb)) if fb else None
+    att = np.zeros((batch, units))
+    y_prev = np.zeros((batch, cfg.get("output_units") or units))
+    outputs, alignments = [], []
+    a_prev = np.zeros(memory.shape[:2])
+    for t in range(steps):
+        x = np.concatenate([xs[:, t], att], -1) if feeding else xs[:, t]
+        _, h2, carry2, c2, _ = feedback_step(core_w, x, h, carry, c, core_cfg)
+        a = memory_weights(w, h2, memory, memory_mask, cfg)
+        context = np.einsum("bm,bmd->bd", a, memory)
+        att2 = np.tanh(
+            np.concatenate([h2, context], -1) @ w["memory_output_kernel"]
+            + w.get("memory_output_bias", 0)
+        )
+        readout = [att2] + ([c2] if fb else [])
+        gated = att2
+        if cfg.get("attention"):
+            alpha = sigmoid(
+                np.concatenate(readout, -1) @ w["attention_kernel"]
+                + w.get("attention_bias", 0)
+            )
+            gated = alpha * att2
+        y = gated
+        if cfg.get("output_units"):
+            read = np.concatenate([gated] + readout[1:], -1)
+            y = out_act(read @ w["output_kernel"] + w.get("output_bias", 0))
+        if mask is not None:
+            keep = mask[:, t][:, None]
+            y = np.where(keep, y, y_prev)
+            h2 = np.where(keep, h2, h)
+            carry2 = None if carry is None else np.where(keep, carry2, carry)
+            c2 = None if c is None else np.where(keep, c2, c)
+            att2 = np.where(keep, att2, att)
+            a = np.where(keep, a, a_prev)
+        h, carry, c, att, y_prev, a_prev = h2, carry2, c2, att2, y, a
+        outputs.append(y)
+        alignments.append(a)
+    states = [s for s in (h, carry, c) if s is not None] + ([att] if feeding else [])
+    return np.stack(outputs, 1), states, np.stack(alignments, 1)

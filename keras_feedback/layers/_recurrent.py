@@ -426,9 +426,20 @@ class FeedbackRNN(keras.layers.Layer):
         if self.return_trace and "memory" in params:
             traces = {
                 **traces,
-                "memory_alignment": cell.memory_alignment(params, traces["h"]),
+                "memory_alignment": self._alignment(params, traces, mask),
             }
         return self._results(outputs, last_output, final_states, traces)
+
+    def _alignment(self, params, traces, mask):
+        """The attention weights of every step ``(B, T, M)``, in processing
+        order: those of the step's ``h`` (a masked step holds the last ones,
+        zeros before any unmasked step, as the other traces)."""
+        alignment = self.cell.memory_alignment(params, traces["h"])
+        if mask is None:
+            return alignment
+        kept = tf.reverse(mask, [1]) if self.go_backwards else mask
+        started = tf.cumsum(tf.cast(kept, tf.int32), axis=1) > 0
+        return alignment * tf.cast(started, alignment.dtype)[..., None]
 
     def _results(self, outputs, last_output, final_states, traces):
         cell, spec = self.cell, self.cell.spec

@@ -20,6 +20,7 @@ log-probabilities, and they decode a prompt tensor of fixed length in place
 (``docs/seq2seq.md``).
 """
 
+import functools
 from typing import Any
 from typing import Callable
 from typing import NamedTuple
@@ -87,8 +88,17 @@ def _log_probs(logits):
     return tf.nn.log_softmax(tf.cast(logits, tf.float32), axis=-1)
 
 
-def _compiled(function, jit_compile):
-    return tf.function(function, jit_compile=jit_compile, autograph=False)
+@functools.lru_cache(maxsize=64)
+def _compiled(factory, jit_compile, *options):
+    """The compiled decode function of ``factory(*options)``: one per step
+    function and static options, so that later calls of the same shapes
+    reuse its executable."""
+    return tf.function(
+        factory(*options),
+        jit_compile=jit_compile,
+        autograph=False,
+        reduce_retracing=True,
+    )
 
 
 def _check_common(start_token, end_token, max_length):
@@ -185,7 +195,13 @@ def greedy_decode(
     ([[1, 2, 0, 0, 0]], [3])
     """
     _check_common(start_token, end_token, max_length)
+    decode = _compiled(
+        _greedy, jit_compile, step_fn, start_token, end_token, max_length
+    )
+    return decode(initial_states, context)
 
+
+def _greedy(step_fn, start_token, end_token, max_length):
     def pick(t, log_probs):
         return tf.argmax(log_probs, axis=-1)
 
@@ -194,7 +210,7 @@ def greedy_decode(
             step_fn, states, context, start_token, end_token, max_length, pick
         )
 
-    return _compiled(decode, jit_compile)(initial_states, context)
+    return decode
 
 
 def _filter_logits(log_probs, top_k, top_p):
@@ -270,17 +286,23 @@ def sample(
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise ValueError(f"Argument `seed` must be an integer, got {seed!r}")
 
-    def pick(t, log_probs):
-        scaled = _filter_logits(log_probs / temperature, top_k, top_p)
-        step_seed = tf.stack([tf.constant(seed, tf.int32), tf.cast(t, tf.int32)])
-        return tf.random.stateless_categorical(scaled, 1, step_seed)[:, 0]
+    options = (step_fn, start_token, end_token, max_length, temperature, top_k, top_p)
+    decode = _compiled(_sampling, jit_compile, *options)
+    return decode(initial_states, context, tf.constant(seed, tf.int32))
 
-    def decode(states, context):
+
+def _sampling(step_fn, start_token, end_token, max_length, temperature, top_k, top_p):
+    def decode(states, context, seed):
+        def pick(t, log_probs):
+            scaled = _filter_logits(log_probs / temperature, top_k, top_p)
+            step_seed = tf.stack([seed, tf.cast(t, tf.int32)])
+            return tf.random.stateless_categorical(scaled, 1, step_seed)[:, 0]
+
         return _pick_loop(
             step_fn, states, context, start_token, end_token, max_length, pick
         )
 
-    return _compiled(decode, jit_compile)(initial_states, context)
+    return decode
 
 
 def _same_shapes(new, old):
@@ -291,6 +313,8 @@ def _same_shapes(new, old):
 
 def _repeat(tree, times):
     """Every tensor of ``tree`` with each row repeated ``times`` times."""
+    if tree is None:
+        return None
     return tf.nest.map_structure(lambda x: tf.repeat(x, times, axis=0), tree)
 
 
@@ -338,8 +362,12 @@ def beam_search(
             "Argument `length_penalty_weight` must be a non-negative float, got "
             f"{length_penalty_weight!r}"
         )
-    width = beam_width
+    options = (step_fn, start_token, end_token, max_length, beam_width)
+    decode = _compiled(_beam, jit_compile, *options, float(length_penalty_weight))
+    return decode(initial_states, context)
 
+
+def _beam(step_fn, start_token, end_token, max_length, width, length_penalty_weight):
     def decode(states, context):
         batch = _batch_size(states, context)
         states = _repeat(states, width)
@@ -408,7 +436,7 @@ def beam_search(
             tf.gather(scores, order, batch_dims=1),
         )
 
-    return _compiled(decode, jit_compile)(initial_states, context)
+    return decode
 
 
 @public("keras_feedback.seq2seq.layer_step", serializable=False)
