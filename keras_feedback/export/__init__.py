@@ -5,6 +5,8 @@ the signatures ``serving_default`` (whole sequences), ``step`` (one time step,
 states in and out) and ``initial_state``. ``export_litert`` writes a ``.tflite``
 file with builtin ops only (dynamic batch and time, or the step model with
 ``streaming=True``; float16, dynamic-range or int8 quantisation).
+``export_seq2seq_saved_model`` and ``export_seq2seq_litert`` serve an
+attention decoder (``encode`` once, then ``step`` per token).
 ``verify_saved_model`` and ``verify_litert`` reload what was written, run it
 and compare it with the Keras model; ``litert_ops`` lists a file's operators.
 """
@@ -13,11 +15,15 @@ from keras_feedback.export._litert import export_litert
 from keras_feedback.export._litert import litert_ops
 from keras_feedback.export._litert import verify_litert
 from keras_feedback.export._saved_model import export_saved_model
+from keras_feedback.export._seq2seq import export_seq2seq_litert
+from keras_feedback.export._seq2seq import export_seq2seq_saved_model
 from keras_feedback.export._saved_model import verify_saved_model
 
 __all__ = [
     "export_litert",
     "export_saved_model",
+    "export_seq2seq_litert",
+    "export_seq2seq_saved_model",
     "litert_ops",
     "verify_litert",
     "verify_saved_model",

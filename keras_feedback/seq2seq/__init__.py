@@ -13,9 +13,11 @@ from keras_feedback.seq2seq._decoding import greedy_decode
 from keras_feedback.seq2seq._decoding import layer_step
 from keras_feedback.seq2seq._decoding import length_penalty
 from keras_feedback.seq2seq._decoding import sample
+from keras_feedback.seq2seq._encoder_decoder import EncoderDecoder
 
 __all__ = [
     "DecodeResult",
+    "EncoderDecoder",
     "beam_search",
     "greedy_decode",
     "layer_step",
