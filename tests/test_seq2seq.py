@@ -422,3 +422,20 @@ def test_bad_decoding_arguments_are_named():
         seq2seq.beam_search(
             step, states, beam_width=2, length_penalty_weight=-1, **common
         )
+
+
+def test_the_guide_runs(tmp_path, monkeypatch):
+    """docs/seq2seq.md's examples, in order, in one namespace."""
+    import os
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    with open(os.path.join(root, "docs", "seq2seq.md")) as f:
+        guide = f.read()
+    blocks = [block.split("```")[0] for block in guide.split("```python\n")[1:]]
+    assert len(blocks) == 3
+    monkeypatch.chdir(tmp_path)
+    namespace = {}
+    for block in blocks:
+        exec(compile(block, "docs/seq2seq.md", "exec"), namespace)
+    assert namespace["beams"].tokens.shape == (4, 3, 6)
+    assert os.path.isfile(namespace["lite"])
