@@ -1,6 +1,7 @@
 """Measures every LiteRT mode on the test matrix and on a 128-unit LSTM.
 
     python export/quantization_table.py [OUT.json]
+    python export/quantization_table.py --fused-lstm [OUT.json]
 
 Writes the figures of export/README.md's quantisation tables: for each of
 the 24 core x attention x residual x output-projection models of
@@ -10,6 +11,14 @@ the largest |Keras output| and the file size of every mode, and the error
 of the same model with its weights rounded to int8 in Keras (the share of
 the error no activation format removes); then size and latency per step of
 an lstm of 128 units, 64 features (batch 1, 64 steps). Takes minutes.
+
+``--fused-lstm`` measures instead the WHILE-loop and the fused
+(``fused_lstm=True``) whole-sequence files of two Keras-compatible LSTMs
+(``feedback_units=0``; 128 units on 32 features, 16 units on 8) in every
+mode both have: ms per sequence of 100 steps at batch 1 and 8 (the median
+of 20 invokes after 3, with XNNPACK), file size (of the batch-1 file) and
+the max error relative to the largest |Keras output| on 8 fresh sequences
+(calibrated on 16).
 """
 
 import itertools
@@ -17,6 +26,7 @@ import json
 import os
 import sys
 import tempfile
+import time
 
 import keras
 import numpy as np
@@ -97,8 +107,83 @@ def measure(model, x, calibration, root, modes=MODES):
     return row
 
 
+FUSED_MODES = {
+    "float32": {},
+    "float16": {"quantization": "float16"},
+    "dynamic_range": {"quantization": "dynamic_range"},
+    "int8": {"quantization": "int8"},
+}
+
+
+def sequence_latency_ms(path, x, repeats=20, warmup=3):
+    """Median ms of one invoke of a whole-sequence file on ``x``."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_path=path)
+    detail = interpreter.get_signature_runner().get_input_details()["x"]
+    interpreter.resize_tensor_input(detail["index"], x.shape)
+    interpreter.allocate_tensors()
+    seconds = []
+    for i in range(warmup + repeats):
+        interpreter.reset_all_variables()
+        interpreter.set_tensor(detail["index"], x)
+        start = time.perf_counter()
+        interpreter.invoke()
+        if i >= warmup:
+            seconds.append(time.perf_counter() - start)
+    return 1e3 * float(np.median(seconds))
+
+
+def fused_lstm_rows(root, units, features, steps=100, batches=(1, 8)):
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((None, features))
+    hidden = keras_feedback.layers.Feedback(
+        units, feedback_units=0, core="lstm", return_sequences=True
+    )(inputs)
+    model = keras.Model(inputs, keras.layers.Dense(2)(hidden))
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(max(batches), steps, features)).astype("float32")
+    calibration = rng.normal(size=(16, steps, features)).astype("float32")
+    rows = {}
+    for label, options in FUSED_MODES.items():
+        if options.get("quantization") == "int8":
+            options = {**options, "representative_data": calibration}
+        for fused in (False, True):
+            row = {}
+            for batch in batches:
+                extra = {"fused_lstm": True, "batch_size": batch} if fused else {}
+                path = export.export_litert(
+                    model,
+                    os.path.join(root, f"{label}_{fused}_{batch}.tflite"),
+                    overwrite=True,
+                    **options,
+                    **extra,
+                )
+                row[f"ms_batch{batch}"] = sequence_latency_ms(path, x[:batch])
+                if batch == batches[0]:
+                    row["size_bytes"] = os.path.getsize(path)
+                    row["ops"] = export.litert_ops(path)
+                if batch == max(batches):
+                    report = export.verify_litert(model, path, x)
+                    row["max_rel_error"] = report["max_rel_error"]
+            key = f"{label} {'fused' if fused else 'WHILE'}"
+            rows[key] = row
+            print(f"lstm{units}", key, json.dumps(row), flush=True)
+    return rows
+
+
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "--fused-lstm":
+        out = argv[1] if len(argv) > 1 else "fused_lstm_table.json"
+        with tempfile.TemporaryDirectory() as root:
+            result = {
+                f"lstm{units}": fused_lstm_rows(root, units, features)
+                for units, features in ((128, 32), (16, 8))
+            }
+        with open(out, "w") as f:
+            json.dump(result, f, indent=1)
+        return result
     out = argv[0] if argv else "quantization_table.json"
     rng = np.random.default_rng(1)
     x = rng.normal(size=(5, 7, 32)).astype("float32")

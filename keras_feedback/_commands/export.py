@@ -58,6 +58,14 @@ def add_arguments(parser):
         "whole-sequence one",
     )
     parser.add_argument(
+        "--fused-lstm",
+        action="store_true",
+        help="run each Keras-compatible LSTM layer (core lstm, feedback_units "
+        "0) as LiteRT's fused UNIDIRECTIONAL_SEQUENCE_LSTM op instead of a "
+        "WHILE loop: faster in float, but the file's batch is fixed to --batch "
+        "and its states carry over between invokes (reset_all_variables())",
+    )
+    parser.add_argument(
         "--representative-data",
         metavar="FILE",
         help="int8 calibration sequences: a .npy array (batch, time, ...) or "
@@ -70,7 +78,8 @@ def add_arguments(parser):
         "--batch",
         type=_commands.positive_int,
         default=2,
-        help="batch of the check inputs (2)",
+        help="batch of the check inputs (2), and the fixed batch of a "
+        "--fused-lstm file",
     )
     parser.add_argument(
         "--time",
@@ -186,6 +195,11 @@ def _check_arguments(args):
         raise _commands.UsageError("--quantize applies to --litert FILE only")
     if args.streaming and not args.litert:
         raise _commands.UsageError("--streaming applies to --litert FILE only")
+    if args.fused_lstm and (not args.litert or args.streaming):
+        raise _commands.UsageError(
+            "--fused-lstm applies to the whole-sequence --litert FILE only "
+            "(not with --streaming)"
+        )
     if args.representative_data and args.quantize not in ("int8", "int16x8"):
         raise _commands.UsageError(
             "--representative-data calibrates --quantize int8 or int16x8 only, "
@@ -255,12 +269,16 @@ def _run(args, model, representative):
             representative_data=representative,
             streaming=args.streaming,
             overwrite=args.overwrite,
+            fused_lstm=args.fused_lstm,
+            batch_size=args.batch if args.fused_lstm else None,
         )
         report = export.verify_litert(model, path, inputs)
         tolerance = args.tolerance
         if tolerance is None and TOLERANCES[args.quantize] is not None:
             tolerance = max(TOLERANCES[args.quantize], report["tolerance"])
         kind = "step" if args.streaming else "sequence"
+        if args.fused_lstm:
+            kind += " fused-lstm"
         rows.append(
             {
                 "export": f"LiteRT {kind} {args.quantize or 'float32'}",

@@ -62,7 +62,7 @@ def litert_ops(model: Union[str, os.PathLike, bytes, bytearray]) -> List[str]:
 # repeated at every step and compounds through the states.
 _HYBRID_OPS = frozenset(
     """BATCH_MATMUL CONV_2D CONV_3D DEPTHWISE_CONV_2D FULLY_CONNECTED
-    TRANSPOSE_CONV""".split()
+    TRANSPOSE_CONV UNIDIRECTIONAL_SEQUENCE_LSTM""".split()
 )
 
 

@@ -23,6 +23,7 @@ from keras_feedback.export import _atomic
 from keras_feedback.export import _calibration
 from keras_feedback.export import _common
 from keras_feedback.export import _flatbuffer
+from keras_feedback.export import _fused_lstm
 from keras_feedback.export import _saved_model
 from keras_feedback.export import _trace
 from keras_feedback.export._flatbuffer import litert_ops
@@ -105,13 +106,18 @@ def _concrete_function(plan, kind):
         return function.get_concrete_function()
 
 
-def _converter(plan, concrete_function, quantization, samples, streaming):
+def _converter(plan, concrete_function):
     converter = tf.lite.TFLiteConverter.from_concrete_functions(
         [concrete_function], plan.traced
     )
     # Freeze the traced function directly rather than through a SavedModel:
     # 3-5x faster, and it also freezes the variables the WHILE body reads.
     converter.experimental_lower_to_saved_model = False
+    return converter
+
+
+def _configure(converter, concrete_function, quantization, samples, streaming):
+    """Sets the ops and the quantisation of ``converter``."""
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
     if quantization is not None:
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
@@ -139,6 +145,71 @@ def _converter(plan, concrete_function, quantization, samples, streaming):
     return converter
 
 
+def _convert(converter, function, quantization, samples, streaming, model):
+    """The converted content, or the ValueError of ``_conversion_error``."""
+    try:
+        with warnings.catch_warnings():
+            # The calibration quantizer's note that float inputs keep no
+            # range: intended, the int8 model has float32 inputs.
+            warnings.filterwarnings(
+                "ignore", message="Statistics for quantized inputs were expected"
+            )
+            # The debugger's own (unused) interpreter is tf.lite's.
+            warnings.filterwarnings("ignore", message=".*tf.lite.Interpreter")
+            if quantization == "int8" and not streaming:
+                return _calibration._quantize_sequence_int8(
+                    converter,
+                    samples,
+                    _flat_names(function.structured_input_signature[0][0]),
+                )
+            return converter.convert()
+    except Exception as error:  # the converter raises ConverterError
+        raise _conversion_error(error, model) from None
+
+
+def _fused_content(plan, quantization, samples, batch_size):
+    """The whole-sequence file with the fused LSTM op (``_fused_lstm``) and
+    the traced function."""
+    batch = _fused_lstm.file_batch(plan, batch_size)
+    plan.traced, others = _fused_lstm.fused_model(plan.traced)
+    function = _fused_lstm.concrete_function(plan, batch)
+    fused, unfused = _fused_lstm.fused_calls(plan.traced)
+    if not fused:
+        reasons = _fused_lstm.describe_unfused(unfused + others)
+        raise ValueError(
+            f"Argument `fused_lstm`=True: no layer of model {plan.model.name!r} "
+            f"can run as LiteRT's {_fused_lstm.FUSED_LSTM_OP} op"
+            + (f" ({reasons})" if reasons else " (it has no Feedback layer)")
+            + ". Export it with fused_lstm=False (the WHILE loop)."
+        )
+    if samples is not None:
+        samples = _fused_lstm.rebatched(samples, batch)
+    with _fused_lstm.saved_model_converter(plan.traced, function) as converter:
+        _configure(converter, function, quantization, samples, False)
+        content = _convert(
+            converter, function, quantization, samples, False, plan.model
+        )
+    ops = litert_ops(content)
+    if quantization == "int8" and "WHILE" in ops:
+        loops = _fused_lstm.describe_unfused(unfused + others) or "not Feedback"
+        raise ValueError(
+            f"Argument `fused_lstm`=True cannot be combined with "
+            f"quantization='int8' for model {plan.model.name!r}, whose other "
+            f"recurrent layers stay WHILE loops ({loops}): "
+            "the converter's SavedModel path, which the fused op needs, "
+            "quantizes a WHILE loop to int8 wrongly (measured 0.7-0.8 from "
+            "Keras, 2e-2-0.2 by the usual path; export/README.md). Export it "
+            "with fused_lstm=False, or in float32, float16 or dynamic_range."
+        )
+    if _fused_lstm.FUSED_LSTM_OP not in ops:
+        raise ValueError(
+            f"Argument `fused_lstm`=True: the converter did not fuse the LSTM "
+            f"layers of model {plan.model.name!r} (ops: {ops}); "
+            "this is a bug of keras_feedback: please report it"
+        )
+    return content, function
+
+
 def _flat_names(structure):
     """Names of a dict's values in the order ``tf.nest.flatten`` gives them."""
     names = list(structure)
@@ -153,6 +224,8 @@ def export_litert(
     representative_data: Any = None,
     streaming: bool = False,
     overwrite: bool = False,
+    fused_lstm: bool = False,
+    batch_size: Optional[int] = None,
 ) -> str:
     """Converts ``model`` to a LiteRT (``.tflite``) file with builtin ops only.
 
@@ -205,6 +278,24 @@ def export_litert(
             with the states the model reaches there.
         streaming: write the step model rather than the whole-sequence one.
         overwrite: replace ``path`` when it exists.
+        fused_lstm: run every Keras-compatible LSTM layer (``core="lstm"``,
+            ``feedback_units=0``, tanh / sigmoid, no attention,
+            ``output_units``, residual, layer norm, ``return_state`` or
+            ``stateful``) called without mask or initial states as LiteRT's
+            fused ``UNIDIRECTIONAL_SEQUENCE_LSTM`` builtin instead of a
+            ``WHILE`` loop (whole-sequence model; other layers keep their
+            loop; an error when no layer can). In float 2.3-2.6x faster
+            for a 128-unit LSTM, 2.4-4.4x for a 16-unit one, slower in
+            int8 (export/README.md), but the file changes: its batch size is
+            fixed (``batch_size``), and the op keeps its states in LiteRT
+            variable tensors, which carry the final states of one invoke
+            into the next: call the interpreter's ``reset_all_variables()``
+            before each new sequence (``verify_litert`` does). Not with
+            ``"int16x8"`` (no 16x8 kernel), nor with ``"int8"`` when a
+            ``WHILE`` loop remains. Default False: the ``WHILE`` loop, with
+            a dynamic batch and no state between invokes.
+        batch_size: the fixed batch size of a ``fused_lstm`` file; None:
+            the model's own fixed batch size, else 1.
 
     Returns:
         ``path``.
@@ -223,6 +314,7 @@ def export_litert(
     """
     _common.check_model(model)
     _calibration._check_quantization(quantization, representative_data)
+    _fused_lstm.check_option(fused_lstm, batch_size, streaming, quantization)
     path = os.fspath(path)
     _common.check_target(path, overwrite, "path")
     plan = _trace.ExportPlan(model)
@@ -248,36 +340,26 @@ def export_litert(
         samples = _calibration._with_headroom(
             _calibration._step_samples(plan, representative_data), plan.input_names
         )
-    kind = "step" if streaming else "sequence"
-    function = _concrete_function(plan, kind)
-    converter = _converter(plan, function, quantization, samples, streaming)
-    try:
-        with warnings.catch_warnings():
-            # The calibration quantizer's note that float inputs keep no
-            # range: intended, the int8 model has float32 inputs.
-            warnings.filterwarnings(
-                "ignore", message="Statistics for quantized inputs were expected"
-            )
-            # The debugger's own (unused) interpreter is tf.lite's.
-            warnings.filterwarnings("ignore", message=".*tf.lite.Interpreter")
-            if quantization == "int8" and not streaming:
-                content = _calibration._quantize_sequence_int8(
-                    converter,
-                    samples,
-                    _flat_names(function.structured_input_signature[0][0]),
-                )
-            else:
-                content = converter.convert()
-    except Exception as error:  # the converter raises ConverterError
-        raise _conversion_error(error, model) from None
+    if fused_lstm:
+        content, function = _fused_content(plan, quantization, samples, batch_size)
+    else:
+        function = _concrete_function(plan, "step" if streaming else "sequence")
+        converter = _configure(
+            _converter(plan, function), function, quantization, samples, streaming
+        )
+        content = _convert(converter, function, quantization, samples, streaming, model)
     if quantization == "dynamic_range":
         content = _flatbuffer._dequantize_weights(content)
-    content = _flatbuffer._with_signature(
-        content,
-        STEP_SIGNATURE if streaming else SEQUENCE_SIGNATURE,
+    names = (
         _flat_names(function.structured_input_signature[0][0]),
         _flat_names(function.structured_outputs),
     )
+    if fused_lstm:  # converted from a SavedModel: its signature is written
+        _fused_lstm.check_signature(content, SEQUENCE_SIGNATURE, *names)
+    else:
+        content = _flatbuffer._with_signature(
+            content, STEP_SIGNATURE if streaming else SEQUENCE_SIGNATURE, *names
+        )
     not_builtin = [
         op for op in litert_ops(content) if not re.fullmatch(r"[A-Z0-9_]+", op)
     ]
@@ -298,10 +380,21 @@ def _signature_io(interpreter, key):
 def _run_sequence(interpreter, named, repeats=3):
     inputs, outputs = _signature_io(interpreter, SEQUENCE_SIGNATURE)
     for name, value in named.items():
+        fixed = inputs[name]["shape_signature"][0]
+        if fixed > 0 and value.shape[0] != fixed:
+            raise ValueError(
+                f"Argument `inputs`: the LiteRT file has the fixed batch size "
+                f"{fixed} (a fused LSTM, export_litert's fused_lstm=True), got "
+                f"input {name!r} of shape {value.shape}; expected a batch of "
+                f"{fixed}"
+            )
         interpreter.resize_tensor_input(inputs[name]["index"], value.shape)
     interpreter.allocate_tensors()
     seconds = []
     for _ in range(repeats):
+        # Each invoke is one whole sequence: a fused LSTM's states are
+        # variable tensors, which keep the last invoke's final states.
+        interpreter.reset_all_variables()
         for name, value in named.items():
             interpreter.set_tensor(inputs[name]["index"], value)
         start = time.perf_counter()

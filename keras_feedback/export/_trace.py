@@ -58,9 +58,14 @@ def float32_model(model):
     """A copy of ``model`` whose half-precision layers compute in float32:
     same weights (their variables are float32 under a mixed policy) and the
     same states of stateful layers; ``model`` itself is not changed."""
-    copy = keras.models.clone_model(
-        model, clone_function=_float32_layer, recursive=True
-    )
+    return cloned_model(model, _float32_layer)
+
+
+def cloned_model(model, clone_layer):
+    """A copy of ``model`` made of ``clone_layer(layer)`` for each of its
+    layers (nested models too), with the weights of ``model`` and the states
+    of its stateful layers; ``model`` itself is not changed."""
+    copy = keras.models.clone_model(model, clone_function=clone_layer, recursive=True)
     copy.set_weights(model.get_weights())
     for source, target in zip(nested_layers(model), nested_layers(copy)):
         states = getattr(source, "states", None)
