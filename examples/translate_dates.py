@@ -249,7 +249,7 @@ def main(argv=None):
             f"{seconds:.0f} s; exact match greedy {greedy:.4f}, "
             f"beam {args.beam_width} {beam:.4f}"
         )
-    result["translator"] = translator
+    result["model"], result["translator"] = model, translator
     return result
 
 

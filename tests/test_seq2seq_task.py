@@ -15,6 +15,7 @@ import textwrap
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 from tensorflow.core.protobuf import saved_model_pb2
 
 import keras_feedback
@@ -183,3 +184,19 @@ def test_bad_export_arguments_are_named(trained, tmp_path):
         )
     with pytest.raises(TypeError, match="`decoder` must be a keras_feedback"):
         seq2seq.EncoderDecoder(encoder, keras.layers.GRU(3), start_token=1, end_token=2)
+
+
+def test_the_training_model_exports_whole_sequences(trained, data_dir, tmp_path):
+    """export_saved_model of the teacher-forced model: serving_default
+    equals Keras; no step signature (a warning names the serving call)."""
+    (source, inputs, _), _ = keras_feedback.datasets.load_dates(
+        "test[:8]", data_dir=data_dir
+    )
+    training = trained["model"]
+    with pytest.warns(UserWarning, match="export_seq2seq_saved_model"):
+        path = export.export_saved_model(training, tmp_path / "teacher")
+    served = tf.saved_model.load(path).signatures["serving_default"]
+    names = [i.name for i in training.inputs]
+    result = served(**{n: tf.constant(v) for n, v in zip(names, (source, inputs))})
+    (logits,) = result.values()
+    np.testing.assert_allclose(logits, training((source, inputs)), atol=1e-4)

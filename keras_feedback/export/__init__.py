@@ -15,9 +15,9 @@ from keras_feedback.export._litert import export_litert
 from keras_feedback.export._litert import litert_ops
 from keras_feedback.export._litert import verify_litert
 from keras_feedback.export._saved_model import export_saved_model
+from keras_feedback.export._saved_model import verify_saved_model
 from keras_feedback.export._seq2seq import export_seq2seq_litert
 from keras_feedback.export._seq2seq import export_seq2seq_saved_model
-from keras_feedback.export._saved_model import verify_saved_model
 
 __all__ = [
     "export_litert",

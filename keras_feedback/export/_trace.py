@@ -315,6 +315,15 @@ class ExportPlan:
                 problems.append(
                     (layer, "a bidirectional layer reads the sequence from its end")
                 )
+            elif getattr(getattr(layer, "cell", None), "memory_attention", None):
+                problems.append(
+                    (
+                        layer,
+                        "an attention decoder steps over its memory "
+                        "(serve it with keras_feedback.export."
+                        "export_seq2seq_saved_model)",
+                    )
+                )
             elif isinstance(layer, keras.layers.RNN):
                 problems.append(
                     (

@@ -182,7 +182,13 @@ class FeedbackCellBase(keras.layers.Layer):
         local = locals()
         for group in KERNEL_GROUPS:
             for kind, getter, _ in _KINDS:
-                setattr(self, f"{group}_{kind}", getter(local[f"{group}_{kind}"]))
+                value = local[f"{group}_{kind}"]
+                # Without memory attention its arguments stay as given: making
+                # an initializer draws a seed from Python's random module,
+                # which would change every later layer's initial weights.
+                if group != "memory" or memory_attention is not None:
+                    value = getter(value)
+                setattr(self, f"{group}_{kind}", value)
         self.unit_forget_bias = bool(unit_forget_bias)
         self.dropout = dropout
         self.recurrent_dropout = recurrent_dropout
@@ -551,7 +557,12 @@ class FeedbackCellBase(keras.layers.Layer):
         }
         for group in KERNEL_GROUPS:
             for kind, _, serialize in _KINDS:
-                config[f"{group}_{kind}"] = serialize(getattr(self, f"{group}_{kind}"))
+                value = getattr(self, f"{group}_{kind}")
+                if group != "memory" or self.memory_attention is not None:
+                    value = serialize(value)
+                elif value is not None and not isinstance(value, (str, dict)):
+                    value = serialize(value)
+                config[f"{group}_{kind}"] = value
         if not self.SUPPORTS_MEMORY:
             for name in MEMORY_ARGS:
                 del config[name]
