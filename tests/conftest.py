@@ -25,6 +25,20 @@ def _isolated_keras_state():
     keras.config.set_dtype_policy(policy)
 
 
+@pytest.fixture(autouse=True)
+def _auto_runs_the_fused_engine(monkeypatch):
+    """``engine="auto"`` keeps the fused engine for the tests' small layers.
+
+    Its size rule (``engine.choose``) runs calls as small as the tests' on
+    the reference loop; the tests of every path (``fit``, distribution
+    strategies, buckets, ...) are about the fused engine, which the rule
+    would take out of them. ``test_engine_xla`` tests the rule itself.
+    """
+    from keras_feedback import engine
+
+    monkeypatch.setattr(engine, "AUTO_MIN_STEP_WORK", 0)
+
+
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)

@@ -343,6 +343,57 @@ def test_auto_picks_xla_except_when_unrolled(rng):
         engines.get("fast")
 
 
+def test_auto_runs_small_calls_on_the_reference_loop(rng, monkeypatch):
+    """The size rule: a step below AUTO_MIN_STEP_WORK multiply-adds over a
+    short or unknown time axis runs the reference loop (no compilation);
+    larger steps or long static sequences the fused engine. Both give the
+    same results."""
+    monkeypatch.setattr(engines, "AUTO_MIN_STEP_WORK", 32768)
+    monkeypatch.setattr(engines, "AUTO_MIN_STEPS", 64)
+    small = Feedback(8, core="lstm", feedback_units=0)
+    large = Feedback(96, core="lstm", feedback_units=0)
+    x = tf.constant(rng.standard_normal((2, 70, 4)), tf.float32)
+    small(x), large(x)
+    assert small.cell.step_work() == 4 * 8 * (8 + 4) + 4 * 8
+    assert large.cell.step_work() >= 32768 > small.cell.step_work()
+    chosen = []
+    for name in ("xla", "reference"):
+        run = engines.ENGINES[name]
+
+        def spy(*args, _run=run, _name=name, **kwargs):
+            chosen.append((args[2].shape[1], _name))
+            return _run(*args, **kwargs)
+
+        monkeypatch.setitem(engines.ENGINES, name, spy)
+    small(x[:, :20]), large(x[:, :20])
+    assert chosen == [(20, "reference"), (32, "xla")]  # large: padded to a bucket
+    del chosen[:]
+    small(x)  # 70 steps: long enough to pay for a compilation
+    assert chosen == [(128, "xla")]
+    del chosen[:]
+
+    @tf.function(input_signature=[tf.TensorSpec((None, None, 4))])
+    def any_length(x):
+        with tf.GradientTape() as tape:  # traced as in fit: it runs here
+            tape.watch(x)
+            y = small(x)
+        return y, tape.gradient(y, x)
+
+    y, dx = any_length(x[:, :13])
+    assert chosen == [(None, "reference")]
+    fused = Feedback(8, core="lstm", feedback_units=0, engine="xla")
+    fused(x)
+    fused.set_weights(small.get_weights())
+    xs = x[:, :13]
+    with tf.GradientTape() as tape:
+        tape.watch(xs)
+        want = fused(xs)
+    _assert_close(y, want)
+    _assert_close(dx, tape.gradient(want, xs))
+    assert engines.choose("xla", x, step_work=1) == "xla"  # only "auto"
+    assert engines.choose("auto", x[:, :5], step_work=None) == "xla"  # unknown
+
+
 def test_xla_engine_unrolled_equals_reference(rng):
     x = tf.constant(rng.standard_normal((2, 4, 3)), tf.float32)
     mask = tf.constant([[True, True, False, True], [False, True, True, True]])

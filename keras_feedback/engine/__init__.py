@@ -17,7 +17,12 @@ every engine has the signature of ``keras_feedback.engine._reference.run``.
   converted to LiteRT: there ``"auto"`` is ``"reference"``. With
   ``unroll=True`` it is always ``"reference"``: an unrolled loop is asked for
   to get a loop-free graph, and compiling an unrolled loop with XLA costs
-  compile time that grows with the sequence length.
+  compile time that grows with the sequence length. And a small call is
+  ``"reference"`` too (``choose``): one whose step does fewer than
+  ``AUTO_MIN_STEP_WORK`` multiply-adds per example (about the weights it
+  reads) over fewer than ``AUTO_MIN_STEPS`` steps, or a time axis of any
+  length: XLA's compilation (0.3-0.6 s per shape) costs more there than it
+  saves in a first epoch, and a varying length would compile per bucket.
 
 ``scope(name)`` makes every layer called inside the block run engine
 ``name``, whatever its own ``engine`` argument: export traces with
@@ -46,6 +51,7 @@ __all__ = [
     "Deferred",
     "Recurrence",
     "check_name",
+    "choose",
     "get",
     "pad_time",
     "resolve",
@@ -55,6 +61,9 @@ __all__ = [
 ]
 
 ENGINES = {"xla": _xla.run, "reference": _reference.run}
+# The size rule of "auto" (``choose``; measured in docs/engine.md).
+AUTO_MIN_STEP_WORK = 32768
+AUTO_MIN_STEPS = 64
 ENGINE_NAMES = ("auto",) + tuple(ENGINES)
 
 _SCOPED = contextvars.ContextVar("keras_feedback_engine", default=None)
@@ -106,6 +115,21 @@ def resolve(name, unroll=False):
     return "xla" if not unroll and _runs_here() else "reference"
 
 
+def choose(name, inputs, unroll=False, step_work=None):
+    """The engine a call runs: ``resolve``'s, except that ``"auto"`` runs
+    the reference loop for a small call (the module docstring): a step of
+    ``step_work`` multiply-adds per example (None: unknown, not small) below
+    ``AUTO_MIN_STEP_WORK`` and a time axis of fewer than ``AUTO_MIN_STEPS``
+    steps, or of a length unknown when traced."""
+    engine = resolve(name, unroll)
+    if engine != "xla" or (_SCOPED.get() or name) != "auto" or step_work is None:
+        return engine
+    steps = inputs.shape[1]
+    if step_work < AUTO_MIN_STEP_WORK and (steps is None or steps < AUTO_MIN_STEPS):
+        return "reference"
+    return engine
+
+
 def get(name, unroll=False):
     """The run function of engine ``name`` (see ``resolve``)."""
     if name not in ENGINE_NAMES:
@@ -119,8 +143,17 @@ def _varying_time(inputs):
     return tf.executing_eagerly() or inputs.shape[1] is None
 
 
-def run(name, recurrence, params, inputs, initial_states, time_buckets=None, **options):
-    """Runs ``recurrence`` with engine ``name`` (see ``resolve``).
+def run(
+    name,
+    recurrence,
+    params,
+    inputs,
+    initial_states,
+    time_buckets=None,
+    step_work=None,
+    **options,
+):
+    """Runs ``recurrence`` with engine ``name`` (see ``choose``).
 
     ``time_buckets`` (``"auto"``, a list of lengths, or None): where the
     fused engine runs and the length may vary (eager calls, graphs traced
@@ -130,8 +163,11 @@ def run(name, recurrence, params, inputs, initial_states, time_buckets=None, **o
     outputs keep the caller's length.
     """
     unroll = options.get("unroll", False)
-    engine = get(name, unroll)
-    if resolve(name, unroll) != "xla" or time_buckets is None:
+    if name not in ENGINE_NAMES:
+        raise ValueError(f"Unknown engine {name!r}. Expected one of {ENGINE_NAMES}.")
+    chosen = choose(name, inputs, unroll, step_work)
+    engine = ENGINES[chosen]
+    if chosen != "xla" or time_buckets is None:
         return engine(recurrence, params, inputs, initial_states, **options)
     if not _varying_time(inputs):
         return engine(recurrence, params, inputs, initial_states, **options)

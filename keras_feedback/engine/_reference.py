@@ -3,11 +3,17 @@
 It knows nothing about any cell: it runs ``step_fn(params, x_t, states)`` and
 writes each step's output into a preallocated time-major tensor with
 ``tf.tensor_scatter_nd_update`` (no TensorArray/TensorList op in the forward
-graph, so the same loop converts to LiteRT's builtin ``WHILE``). It is kept
-simple on purpose: it is the oracle for the fused XLA engine.
+graph, so the same loop converts to LiteRT's builtin ``WHILE``). Where a
+gradient tape may record the loop (training), it writes into a
+``tf.TensorArray`` instead: the gradient of a scatter into the whole buffer
+carries the whole buffer through every step, as the gradient of a read of
+the inputs by index does (quadratic in the length; measured 6-8x Keras's
+training step at T=100), a TensorArray's one step. It
+is kept simple on purpose: it is the oracle for the fused XLA engine.
 """
 
 import tensorflow as tf
+from tensorflow.python.eager import record
 
 from keras_feedback.engine import _masking
 
@@ -78,9 +84,32 @@ def run(
     batch = tf.shape(steps)[1]
     rows = tf.range(batch)
 
+    # A TensorArray where a gradient may be recorded (not in a Python
+    # loop: unrolled, every write is a tensor of its own anyway).
+    arrays = not unroll and record.could_possibly_record()
+
     def zeros(size, time=False):
+        if time and arrays:
+            return tf.TensorArray(
+                dtype, size=num_steps, element_shape=tf.TensorShape([None, size])
+            )
         shape = [num_steps, batch, size] if time else [batch, size]
         return tf.zeros(shape, dtype)
+
+    def write(buffer, t, value):
+        return buffer.write(t, value) if arrays else _write(buffer, t, value, rows)
+
+    def stacked(buffer, size):
+        if not arrays:
+            return buffer
+        # A list of no element cannot stack with an unknown batch size.
+        if inputs.shape[1] is not None:
+            return (
+                buffer.stack() if inputs.shape[1] else tf.zeros([0, batch, size], dtype)
+            )
+        return tf.cond(
+            num_steps > 0, buffer.stack, lambda: tf.zeros([0, batch, size], dtype)
+        )
 
     last_output = zeros(output_size)
     outputs = zeros(output_size, time=True) if return_sequences else ()
@@ -88,8 +117,15 @@ def run(
     last_trace = {k: zeros(n) for k, n in trace_sizes.items()}
     states = list(initial_states)
 
+    # Read through a TensorArray too: the gradient of ``steps[t]`` (a slice of
+    # a tensor the loop captures) is a zero tensor of the whole sequence per
+    # step, a TensorArray read's one step.
+    inputs_at = steps.__getitem__
+    if arrays:
+        inputs_at = tf.TensorArray(dtype, size=num_steps).unstack(steps).read
+
     def body(t, last_output, states, outputs, traces, last_trace):
-        output, new_states, trace = step_fn(params, steps[t], states)
+        output, new_states, trace = step_fn(params, inputs_at(t), states)
         trace = {k: trace[k] for k in trace_sizes}
         if keep_steps is not None:
             keep = keep_steps[t]
@@ -97,8 +133,8 @@ def run(
             output = _masking.output(keep, output, last_output, zero_output_for_mask)
             trace = _masking.keep(keep, trace, last_trace)
         if return_sequences:
-            outputs = _write(outputs, t, output, rows)
-        traces = {k: _write(traces[k], t, trace[k], rows) for k in traces}
+            outputs = write(outputs, t, output)
+        traces = {k: write(traces[k], t, trace[k]) for k in traces}
         return t + 1, output, list(new_states), outputs, traces, trace
 
     carry = (0, last_output, states, outputs, traces, last_trace)
@@ -114,8 +150,11 @@ def run(
         carry = tf.while_loop(lambda t, *_: t < num_steps, body, carry)
     _, last_output, states, outputs, traces, _ = carry
     if return_sequences:
-        outputs = tf.transpose(outputs, [1, 0, 2])
+        outputs = tf.transpose(stacked(outputs, output_size), [1, 0, 2])
     else:
         outputs = None
-    traces = {k: tf.transpose(v, [1, 0, 2]) for k, v in traces.items()}
+    traces = {
+        k: tf.transpose(stacked(v, trace_sizes[k]), [1, 0, 2])
+        for k, v in traces.items()
+    }
     return outputs, last_output, list(states), traces

@@ -436,6 +436,16 @@ class FeedbackCellBase(keras.layers.Layer):
         }
         return {v.name: v for v in self.weights if id(v) not in owned}
 
+    def step_work(self):
+        """About the multiply-adds of one step per example: the cell's
+        weights (each read once per position), times the positions of a
+        map (``positions``); ``engine.choose`` reads it."""
+        weights = sum(tf.TensorShape(v.shape).num_elements() for v in self.weights)
+        return weights * self.positions
+
+    # The positions a step's weights are applied at (the pixels of a map).
+    positions = 1
+
     def position_shape(self, channels):
         """The shape of ``channels`` values at every position of a state, as
         the step math sees it: ``(channels,)``, or ``(height, width,

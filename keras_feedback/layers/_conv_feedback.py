@@ -223,6 +223,10 @@ class ConvFeedbackCell(FeedbackCellBase):
         ]
         return conv_math.to_flat(math.readout(self.spec, params["weights"], maps))
 
+    @property
+    def positions(self):
+        return self.conv_spec.pixels if self.conv_spec is not None else 1
+
     def cell_config(self):
         return {
             **super().cell_config(),

@@ -236,8 +236,10 @@ class Feedback(FeedbackRNN):
         zero_output_for_mask: bool, masked steps output zeros instead of the
             previous output (``Bidirectional`` sets it).
         engine: ``"auto"`` (default: ``"xla"`` where the graph runs in this
-            process, ``"reference"`` in graphs traced for export and with
-            ``unroll=True``; ``docs/engine.md``), ``"xla"`` (XLA-compiled
+            process, ``"reference"`` in graphs traced for export, with
+            ``unroll=True`` and for small calls, where compiling would cost
+            more than it saves: ``engine.choose``, ``docs/engine.md``),
+            ``"xla"`` (XLA-compiled
             forward and backward loops) or ``"reference"`` (a plain
             ``tf.while_loop``).
         time_buckets: ``"auto"`` (default), None or an increasing list of

@@ -419,6 +419,7 @@ class FeedbackRNN(keras.layers.Layer):
                 return_trace=self.return_trace,
                 per_example=per_example,
                 time_buckets=self.time_buckets,
+                step_work=cell.step_work(),
             )
         if self.stateful and not _PURE.get():
             for variable, value in zip(self._state_variables, final_states):
