@@ -208,8 +208,10 @@ def test_calibration_data_without_steps_or_values(tmp_path, quantization):
     assert not path.exists()
 
 
-def test_int16x8_needs_the_step_model(tmp_path):
-    with pytest.raises(ValueError, match=r"'int16x8' needs streaming=True.*WHILE"):
+def test_int16x8_whole_sequences_need_a_fixed_time_axis(tmp_path):
+    with pytest.raises(
+        ValueError, match=r"'int16x8' for whole sequences needs a fixed time axis"
+    ):
         export.export_litert(
             small_model(),
             tmp_path / "model.tflite",

@@ -97,9 +97,9 @@ def assert_float_close(error, model, x, name=""):
     assert error <= KERAS_NOISE_FACTOR * noise, (name, error, scale, noise)
 
 
-def build(combination, units, features, seed):
+def build(combination, units, features, seed, time=None):
     keras.utils.set_random_seed(seed)
-    inputs = keras.Input((None, features))
+    inputs = keras.Input((time, features))
     hidden = keras_feedback.layers.Feedback(
         units,
         return_sequences=True,
@@ -377,8 +377,25 @@ def quantized_exports(tmp_path_factory, float_exports):
             np.max(np.abs(served - rounded)) / np.max(np.abs(rounded))
         )
         row["int16x8 step"]["int8_weights_rel_error"] = all_int8_rounded_error(model, x)
+        # Whole sequences in 16x8: the same model on a fixed time axis,
+        # unrolled; refused for residual cores (export/README.md).
+        fixed = build(entry["combination"], UNITS, FEATURES, 100 + i, time=7)
+        fixed.set_weights(model.get_weights())
+        options = {"quantization": "int16x8", "representative_data": calibration}
+        target = root / f"m{i}-int16x8.tflite"
+        if entry["combination"]["residual"]:
+            with pytest.raises(ValueError, match="cannot take the residual layers"):
+                export.export_litert(fixed, target, **options)
+            row["int16x8"] = None
+        else:
+            path = export.export_litert(fixed, target, **options)
+            row["int16x8"] = dict(export.verify_litert(fixed, path, x), path=path)
         rows.append(row)
     labels = ("float16", "dynamic_range", "int8", "int8 step", "int16x8 step")
+    print("\nint16x8 whole sequences (unrolled), max rel err:")
+    for name, row in zip(IDS, rows):
+        if row["int16x8"] is not None:
+            print(name, f"{row['int16x8']['max_rel_error']:.1e}")
     print("\nmax rel err (file size; float32 sequence, step):", *labels)
     for name, row in zip(IDS, rows):
         print(
@@ -407,6 +424,9 @@ def test_litert_quantized(quantized_exports, index):
     int16 = row["int16x8 step"]
     bound = INT16X8_OF_INT8_WEIGHTS * int16["int8_weights_rel_error"]
     assert int16["max_rel_error"] <= max(INT16X8_RELATIVE, bound), int16
+    if row["int16x8"] is not None:  # whole sequences, unrolled
+        assert row["int16x8"]["max_rel_error"] <= max(INT16X8_RELATIVE, bound)
+        assert "WHILE" not in export.litert_ops(row["int16x8"]["path"])
     # int16 activations, int8 weights: every op between the input QUANTIZE
     # and the output DEQUANTIZE.
     int16_ops = _tensor_types(int16["path"])

@@ -49,7 +49,7 @@ def add_arguments(parser):
         "--quantize",
         choices=QUANTIZATIONS,
         help="LiteRT quantisation (int8 and int16x8 need --representative-data; "
-        "int16x8 needs --streaming)",
+        "int16x8 of whole sequences needs a model with a fixed time axis)",
     )
     parser.add_argument(
         "--streaming",

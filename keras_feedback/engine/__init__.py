@@ -67,6 +67,7 @@ AUTO_MIN_STEPS = 64
 ENGINE_NAMES = ("auto",) + tuple(ENGINES)
 
 _SCOPED = contextvars.ContextVar("keras_feedback_engine", default=None)
+_UNROLLED = contextvars.ContextVar("keras_feedback_unrolled", default=False)
 
 
 def check_name(name, argument="engine"):
@@ -79,12 +80,16 @@ def check_name(name, argument="engine"):
 
 
 @contextlib.contextmanager
-def scope(name):
-    """Every layer called in the block runs engine ``name`` (not its own)."""
+def scope(name, unroll=False):
+    """Every layer called in the block runs engine ``name`` (not its own);
+    ``unroll=True``: and unrolls its loop wherever the time axis is static
+    (a loop-free graph, for LiteRT's 16x8 quantizer)."""
     token = _SCOPED.set(check_name(name))
+    unrolled = _UNROLLED.set(bool(unroll))
     try:
         yield
     finally:
+        _UNROLLED.reset(unrolled)
         _SCOPED.reset(token)
 
 
@@ -162,6 +167,8 @@ def run(
     the results of the real steps are those of the unpadded run, and the
     outputs keep the caller's length.
     """
+    if _UNROLLED.get() and inputs.shape[1] is not None:
+        options["unroll"] = True
     unroll = options.get("unroll", False)
     if name not in ENGINE_NAMES:
         raise ValueError(f"Unknown engine {name!r}. Expected one of {ENGINE_NAMES}.")

@@ -82,13 +82,15 @@ def run(
             keep_steps = tf.reverse(keep_steps, [0])
     num_steps = tf.shape(steps)[0]
     batch = tf.shape(steps)[1]
-    rows = tf.range(batch)
-
-    # A TensorArray where a gradient may be recorded (not in a Python
-    # loop: unrolled, every write is a tensor of its own anyway).
+    # Unrolled, each step's output is a tensor of its own, stacked at the end
+    # (no scatter: a loop-free graph that LiteRT's 16x8 quantizer takes).
+    # Else a TensorArray where a gradient may be recorded.
     arrays = not unroll and record.could_possibly_record()
+    rows = None if unroll else tf.range(batch)
 
     def zeros(size, time=False):
+        if time and unroll:
+            return ()
         if time and arrays:
             return tf.TensorArray(
                 dtype, size=num_steps, element_shape=tf.TensorShape([None, size])
@@ -97,9 +99,13 @@ def run(
         return tf.zeros(shape, dtype)
 
     def write(buffer, t, value):
+        if unroll:
+            return (*buffer, value)
         return buffer.write(t, value) if arrays else _write(buffer, t, value, rows)
 
     def stacked(buffer, size):
+        if unroll:
+            return tf.stack(buffer) if buffer else tf.zeros([0, batch, size], dtype)
         if not arrays:
             return buffer
         # A list of no element cannot stack with an unknown batch size.
@@ -144,8 +150,8 @@ def run(
                 "unroll=True needs a static time dimension, got input shape "
                 f"{tuple(inputs.shape)}"
             )
-        for _ in range(inputs.shape[1]):
-            carry = body(*carry)
+        for t in range(inputs.shape[1]):
+            carry = body(t, *carry[1:])
     else:
         carry = tf.while_loop(lambda t, *_: t < num_steps, body, carry)
     _, last_output, states, outputs, traces, _ = carry

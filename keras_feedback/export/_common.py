@@ -98,7 +98,7 @@ def check_target(path, overwrite, argument):
 
 
 @contextlib.contextmanager
-def export_mode(model, engine=True):
+def export_mode(model, engine=True, unroll=False):
     """Traces every recurrent layer of ``model`` for export.
 
     Inside the block every feedback layer runs the reference engine
@@ -106,13 +106,14 @@ def export_mode(model, engine=True):
     graph is a pure function (TF Serving's contract, and the client holds
     the state of a stream), so a stateful layer never assigns its variables;
     it starts from a snapshot of its current states where Keras would read
-    them. ``engine=False`` keeps each layer's own engine (to compare with).
+    them. ``engine=False`` keeps each layer's own engine (to compare with);
+    ``unroll=True`` unrolls every loop over a static time axis.
     Mutates no layer: it works for any layer built on ``FeedbackRNN``.
     """
     del model  # every layer called in the block, whatever model holds it
     with contextlib.ExitStack() as stack:
         if engine:
-            stack.enter_context(engines.scope(EXPORT_ENGINE))
+            stack.enter_context(engines.scope(EXPORT_ENGINE, unroll=unroll))
         stack.enter_context(pure_calls())
         yield
 

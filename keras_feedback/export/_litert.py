@@ -97,9 +97,9 @@ def _conversion_error(error, model):
     )
 
 
-def _concrete_function(plan, kind):
+def _concrete_function(plan, kind, unroll=False):
     functions = {"sequence": plan.sequence_fn, "step": plan.step_fn}
-    with _common.export_mode(plan.model):
+    with _common.export_mode(plan.model, unroll=unroll):
         function = tf.function(
             functions[kind], input_signature=plan.signature(kind), autograph=False
         )
@@ -246,7 +246,8 @@ def export_litert(
     file computes exactly in float32 on int8-rounded weights: all of that is
     the rounding of the weights); ``"int8"`` 2e-2 to 0.30, up to 0.39 for
     residual cores, whose states grow over the sequence; ``"int16x8"`` (step
-    model) 2.9e-3 to 2.2e-2, which is the int8 weights' rounding: within
+    model, and unrolled whole sequences) 2.9e-3 to 2.2e-2, which is the int8
+    weights' rounding: within
     1e-2, or within 1.2x the error of the same weights rounded to int8 in
     Keras where that alone comes to 1e-2 (export/README.md).
 
@@ -263,10 +264,13 @@ def export_litert(
             float32 inputs and outputs; in the whole-sequence model the loop
             carries its states in float32 between steps, and its
             concatenations and output writes (SCATTER_ND) stay float32);
-            or ``"int16x8"`` (LiteRT's 16x8 mode, step model only: int16
-            activations, int8 weights, calibrated like ``"int8"`` with headroom
-            on the ranges (4x the inputs', 2x the states'), float32 inputs and outputs; its error is
-            mostly the int8 weights', see export/README.md). A model under a
+            or ``"int16x8"`` (LiteRT's 16x8 mode: int16 activations, int8
+            weights, calibrated like ``"int8"`` with headroom on the ranges
+            (4x the inputs', 2x the states'), float32 inputs and outputs;
+            its error is mostly the int8 weights', see export/README.md;
+            for whole sequences the model needs a fixed time axis, over
+            which the file is unrolled: LiteRT's 16x8 quantizer cannot
+            quantize a ``WHILE`` loop). A model under a
             mixed precision policy is converted computing in float32.
         representative_data: example sequences for int8 / int16x8
             calibration, as long
@@ -323,13 +327,38 @@ def export_litert(
             f"Argument `streaming`=True needs a model that runs one step at a "
             f"time; {model.name!r} does not: {plan.step_problem_message()}"
         )
-    if quantization == "int16x8" and not streaming:
-        raise ValueError(
-            "Argument `quantization`='int16x8' needs streaming=True: LiteRT's "
-            "16x8 quantizer cannot quantize the whole-sequence model's WHILE "
-            "loop (see export/README.md). Use the step model "
-            "(streaming=True), or quantization='int8' for whole sequences."
-        )
+    # Whole sequences in 16x8: unrolled over a fixed time axis (LiteRT's 16x8
+    # quantizer cannot quantize a WHILE loop; export/README.md).
+    unrolled = quantization == "int16x8" and not streaming
+    if unrolled:
+        dynamic = [
+            n
+            for n, spec in plan.input_specs.items()
+            if spec.shape.rank >= 2 and spec.shape[1] is None
+        ]
+        if dynamic:
+            raise ValueError(
+                "Argument `quantization`='int16x8' for whole sequences needs a "
+                f"fixed time axis, and inputs {dynamic} of model {model.name!r} "
+                "have none: LiteRT's 16x8 quantizer cannot quantize a WHILE "
+                "loop, so the sequence model is unrolled over its steps. Build "
+                "the model on keras.Input((time, features)), or export the "
+                "step model (streaming=True)."
+            )
+        residual = [
+            layer.name
+            for layer in nested_layers(model)
+            if isinstance(layer, FeedbackRNN) and layer.cell.residual
+        ]
+        if residual:
+            raise ValueError(
+                "Argument `quantization`='int16x8' for whole sequences cannot "
+                f"take the residual layers {residual}: unrolled, their first "
+                "step adds the zero initial state, a tensor of range [0, 0], "
+                "which LiteRT's 16x8 ADD cannot run (the interpreter aborts). "
+                "Export the step model (streaming=True), whose states are "
+                "inputs."
+            )
     samples = None
     if quantization == "int8":
         if streaming:
@@ -337,13 +366,18 @@ def export_litert(
         else:
             samples = _calibration._sequence_samples(plan, representative_data)
     elif quantization == "int16x8":
-        samples = _calibration._with_headroom(
-            _calibration._step_samples(plan, representative_data), plan.input_names
+        steps = (
+            _calibration._sequence_samples(plan, representative_data)
+            if unrolled
+            else _calibration._step_samples(plan, representative_data)
         )
+        samples = _calibration._with_headroom(steps, plan.input_names)
     if fused_lstm:
         content, function = _fused_content(plan, quantization, samples, batch_size)
     else:
-        function = _concrete_function(plan, "step" if streaming else "sequence")
+        function = _concrete_function(
+            plan, "step" if streaming else "sequence", unroll=unrolled
+        )
         converter = _configure(
             _converter(plan, function), function, quantization, samples, streaming
         )
