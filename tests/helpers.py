@@ -57,6 +57,45 @@ def randomise(layer, rng, scale=0.5):
     )
 
 
+def check_directional_derivatives(loss, variables, rng, directions=3):
+    """The tape's gradient of ``loss()`` against central finite differences
+    (eps 1e-6, float64 variables) along random directions; the variables
+    are restored after."""
+    with tf.GradientTape() as tape:
+        value = loss()
+    grads = tape.gradient(value, variables)
+    base = [v.numpy() for v in variables]
+    eps = 1e-6
+    try:
+        for _ in range(directions):
+            direction = [rng.standard_normal(b.shape) for b in base]
+            analytic = sum(np.sum(g.numpy() * d) for g, d in zip(grads, direction))
+            values = []
+            for sign in (1, -1):
+                for v, b, d in zip(variables, base, direction):
+                    v.assign(b + sign * eps * d)
+                values.append(float(loss()))
+            numeric = (values[0] - values[1]) / (2 * eps)
+            np.testing.assert_allclose(analytic, numeric, rtol=1e-6, atol=1e-8)
+    finally:
+        for v, b in zip(variables, base):
+            v.assign(b)
+
+
+def load_example(name):
+    """The module of ``examples/<name>.py``."""
+    import importlib.util
+    import os
+
+    folder = os.path.join(os.path.dirname(os.path.dirname(__file__)), "examples")
+    spec = importlib.util.spec_from_file_location(
+        f"example_{name}", os.path.join(folder, f"{name}.py")
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def relative_error(actual, expected):
     """Max abs error over the magnitude of ``expected`` (at least 1)."""
     actual = np.asarray(actual, "float64")

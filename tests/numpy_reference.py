@@ -30,7 +30,6 @@ def feedback_step(w, x, h, carry, c, cfg):
     act = ACTIVATIONS[cfg.get("activation", "tanh")]
     rec_act = ACTIVATIONS[cfg.get("recurrent_activation", "sigmoid")]
     fb_act = ACTIVATIONS[cfg.get("feedback_activation", "sigmoid")]
-    out_act = ACTIVATIONS[cfg.get("output_activation")]
     core = cfg["core"]
     fb = cfg["feedback_units"]
     bias = w.get("bias")
@@ -61,23 +60,31 @@ def feedback_step(w, x, h, carry, c, cfg):
     if cfg.get("residual"):
         h_new = h + h_new
     c_new = None
-    readout = [h_new]
     if fb:
         c_new = fb_act(h_new @ w["feedback_kernel"] + w.get("feedback_bias", 0))
-        readout.append(c_new)
+    y, alpha = readout(w, h_new, c_new, cfg)
+    return y, h_new, new_carry, c_new, alpha
+
+
+def readout(w, h, c, cfg):
+    """``(y, alpha)`` of the hidden state ``h`` (or the attentional state)
+    and the feedback ``c`` (None without): the gate and the output
+    projection."""
+    out_act = ACTIVATIONS[cfg.get("output_activation")]
+    parts = [h] + ([c] if c is not None else [])
     alpha = None
-    gated = h_new
+    gated = h
     if cfg.get("attention"):
         alpha = sigmoid(
-            np.concatenate(readout, -1) @ w["attention_kernel"]
+            np.concatenate(parts, -1) @ w["attention_kernel"]
             + w.get("attention_bias", 0)
         )
-        gated = alpha * h_new
+        gated = alpha * h
     y = gated
     if cfg.get("output_units"):
-        read = np.concatenate([gated] + readout[1:], -1)
+        read = np.concatenate([gated] + parts[1:], -1)
         y = out_act(read @ w["output_kernel"] + w.get("output_bias", 0))
-    return y, h_new, new_carry, c_new, alpha
+    return y, alpha
 
 
 def feedback_sequence(w, xs, cfg, mask=None, initial=None, go_backwards=False):
@@ -156,7 +163,6 @@ def attention_sequence(w, xs, memory, cfg, memory_mask=None, mask=None):
     core_w = dict(w)
     if feeding:
         core_w["kernel"] = np.concatenate([w["kernel"], w["input_feeding_kernel"]], 0)
-    out_act = ACTIVATIONS[cfg.get("output_activation")]
     h = np.zeros((batch, units))
     carry = np.zeros((batch, units)) if cfg["core"] == "lstm" else None
     c = np.zeros((batch, fb)) if fb else None
@@ -173,18 +179,7 @@ def attention_sequence(w, xs, memory, cfg, memory_mask=None, mask=None):
             np.concatenate([h2, context], -1) @ w["memory_output_kernel"]
             + w.get("memory_output_bias", 0)
         )
-        readout = [att2] + ([c2] if fb else [])
-        gated = att2
-        if cfg.get("attention"):
-            alpha = sigmoid(
-                np.concatenate(readout, -1) @ w["attention_kernel"]
-                + w.get("attention_bias", 0)
-            )
-            gated = alpha * att2
-        y = gated
-        if cfg.get("output_units"):
-            read = np.concatenate([gated] + readout[1:], -1)
-            y = out_act(read @ w["output_kernel"] + w.get("output_bias", 0))
+        y, _ = readout(w, att2, c2, cfg)
         if mask is not None:
             keep = mask[:, t][:, None]
             y = np.where(keep, y, y_prev)

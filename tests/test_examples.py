@@ -1,7 +1,6 @@
 """Every example runs at tiny size: built-in tasks, or TFDS's mock data for
 the datasets that need a download (``imdb_reviews``, ``mnist``)."""
 
-import importlib.util
 import os
 import subprocess
 import sys
@@ -9,6 +8,7 @@ import sys
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
+from helpers import load_example
 
 from keras_feedback import datasets
 
@@ -23,13 +23,7 @@ MINE = (
 )
 
 
-def _example(name):
-    spec = importlib.util.spec_from_file_location(
-        f"example_{name}", os.path.join(EXAMPLES, f"{name}.py")
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+_example = load_example
 
 
 @pytest.fixture(scope="module")

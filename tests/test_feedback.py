@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from helpers import LayerTestCase
+from helpers import check_directional_derivatives
 from helpers import weights_by_name
 from numpy_reference import feedback_sequence
 
@@ -173,28 +174,9 @@ def test_gradients_match_finite_differences(rng, combo):
     x = tf.constant(_inputs(rng, batch=2, time=4, features=2, dtype="float64"))
     layer(x)
     _randomise(layer, rng)
-    variables = layer.trainable_weights
-
-    def loss():
-        return tf.reduce_sum(tf.sin(layer(x)))
-
-    with tf.GradientTape() as tape:
-        value = loss()
-    grads = tape.gradient(value, variables)
-    base = [v.numpy() for v in variables]
-    eps = 1e-6
-    for _ in range(3):
-        direction = [rng.standard_normal(b.shape) for b in base]
-        analytic = sum(np.sum(g.numpy() * d) for g, d in zip(grads, direction))
-        values = []
-        for sign in (1, -1):
-            for v, b, d in zip(variables, base, direction):
-                v.assign(b + sign * eps * d)
-            values.append(float(loss()))
-        numeric = (values[0] - values[1]) / (2 * eps)
-        np.testing.assert_allclose(analytic, numeric, rtol=1e-6, atol=1e-8)
-    for v, b in zip(variables, base):
-        v.assign(b)
+    check_directional_derivatives(
+        lambda: tf.reduce_sum(tf.sin(layer(x))), layer.trainable_weights, rng
+    )
 
 
 # --- Keras behaviour ------------------------------------------------------

@@ -10,6 +10,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from helpers import check_directional_derivatives
 from helpers import randomise
 from helpers import relative_error
 from helpers import weights_by_name
@@ -143,21 +144,7 @@ def test_gradients_match_finite_differences(rng, form):
         outputs, *_ = layer(x, memory=memory, memory_mask=memory_mask[:2, :4])
         return tf.reduce_sum(tf.sin(outputs))
 
-    with tf.GradientTape() as tape:
-        value = loss()
-    grads = tape.gradient(value, variables)
-    base = [v.numpy() for v in variables]
-    eps = 1e-6
-    for _ in range(2):
-        direction = [rng.standard_normal(b.shape) for b in base]
-        analytic = sum(np.sum(g.numpy() * d) for g, d in zip(grads, direction))
-        values = []
-        for sign in (1, -1):
-            for v, b, d in zip(variables, base, direction):
-                v.assign(b + sign * eps * d)
-            values.append(float(loss()))
-        numeric = (values[0] - values[1]) / (2 * eps)
-        np.testing.assert_allclose(analytic, numeric, rtol=1e-6, atol=1e-8)
+    check_directional_derivatives(loss, variables, rng, directions=2)
 
 
 def test_masked_memory_gets_exactly_zero_weight(rng):

@@ -6,7 +6,6 @@ SavedModel's ``encode`` + ``step`` stream and the LiteRT step model, each
 run in a fresh process, must give the same tokens.
 """
 
-import importlib.util
 import os
 import subprocess
 import sys
@@ -16,21 +15,12 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from helpers import load_example
 from tensorflow.core.protobuf import saved_model_pb2
 
 import keras_feedback
 from keras_feedback import export
 from keras_feedback import seq2seq
-
-EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(__file__)), "examples")
-
-
-def _example():
-    path = os.path.join(EXAMPLES, "translate_dates.py")
-    spec = importlib.util.spec_from_file_location("example_translate_dates", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +33,7 @@ def data_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def trained(data_dir, tmp_path_factory):
     plot = tmp_path_factory.mktemp("plots") / "alignment.png"
-    result = _example().main(
+    result = load_example("translate_dates").main(
         [
             "--epochs=4",
             "--max-examples=4000",

@@ -153,7 +153,9 @@ def run(
         for t in range(inputs.shape[1]):
             carry = body(t, *carry[1:])
     else:
-        carry = tf.while_loop(lambda t, *_: t < num_steps, body, carry)
+        carry = tf.while_loop(
+            lambda t, *_: t < num_steps, body, carry, parallel_iterations=32
+        )
     _, last_output, states, outputs, traces, _ = carry
     if return_sequences:
         outputs = tf.transpose(stacked(outputs, output_size), [1, 0, 2])

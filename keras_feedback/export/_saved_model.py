@@ -131,13 +131,7 @@ def export_saved_model(
     ['initial_state', 'serving_default', 'step']
     """
     _common.check_model(model)
-    _check_version(version)
-    directory = os.fspath(directory)
-    target = os.path.join(directory, str(version))
-    _common.check_target(target, True, "directory")
-    # First recover a version a killed export left renamed aside.
-    _atomic.clean(directory)
-    _common.check_target(target, overwrite, "directory")
+    directory, target = version_target(directory, version, overwrite)
     plan = _trace.ExportPlan(model, compute_dtype=compute_dtype)
     kinds = {SERVING_DEFAULT: "checked_sequence"}
     if plan.streamable:
@@ -149,10 +143,31 @@ def export_saved_model(
             f"`initial_state` signatures: {plan.step_problem_message()}",
             stacklevel=2,
         )
+    return write_version(
+        directory, target, lambda staging: write_archive(plan, staging, kinds)
+    )
+
+
+def version_target(directory, version, overwrite):
+    """``(directory, <directory>/<version>)``, checked, after recovering what
+    a killed export left (``_atomic.clean``)."""
+    _check_version(version)
+    directory = os.fspath(directory)
+    target = os.path.join(directory, str(version))
+    _common.check_target(target, True, "directory")
+    # First recover a version a killed export left renamed aside.
+    _atomic.clean(directory)
+    _common.check_target(target, overwrite, "directory")
+    return directory, target
+
+
+def write_version(directory, target, write):
+    """Runs ``write(staging)`` into a staging folder beside ``target`` and
+    swaps it in (``_atomic.swap_folder``); returns ``target``."""
     os.makedirs(directory, exist_ok=True)
-    staging = _atomic.staging_folder(directory, str(version))
+    staging = _atomic.staging_folder(directory, os.path.basename(target))
     try:
-        write_archive(plan, staging, kinds)
+        write(staging)
         _atomic.swap_folder(staging, target)
     finally:
         if os.path.exists(staging):

@@ -9,7 +9,6 @@ graph.
 
 import os
 import re
-import shutil
 from typing import Optional
 from typing import Union
 
@@ -19,6 +18,7 @@ from keras_feedback._api import public
 from keras_feedback.export import _atomic
 from keras_feedback.export import _common
 from keras_feedback.export import _flatbuffer
+from keras_feedback.export import _saved_model
 from keras_feedback.export._flatbuffer import litert_ops
 from keras_feedback.export._litert import _flat_names
 
@@ -140,15 +140,8 @@ def export_seq2seq_saved_model(
     Returns:
         The path of the version folder.
     """
-    from keras_feedback.export._saved_model import _check_version
-
     model = _check(model)
-    _check_version(version)
-    directory = os.fspath(directory)
-    target = os.path.join(directory, str(version))
-    _common.check_target(target, True, "directory")
-    _atomic.clean(directory)
-    _common.check_target(target, overwrite, "directory")
+    directory, target = _saved_model.version_target(directory, version, overwrite)
     functions = _Functions(model)
     module = tf.Module()
     module.layers = _layers(model)
@@ -163,15 +156,11 @@ def export_seq2seq_saved_model(
                 functions.step, input_signature=[_step_specs(model)], autograph=False
             ).get_concrete_function(),
         }
-    os.makedirs(directory, exist_ok=True)
-    staging = _atomic.staging_folder(directory, str(version))
-    try:
-        tf.saved_model.save(module, staging, signatures=signatures)
-        _atomic.swap_folder(staging, target)
-    finally:
-        if os.path.exists(staging):
-            shutil.rmtree(staging)
-    return target
+    return _saved_model.write_version(
+        directory,
+        target,
+        lambda staging: tf.saved_model.save(module, staging, signatures=signatures),
+    )
 
 
 @public("keras_feedback.export.export_seq2seq_litert")
