@@ -313,9 +313,10 @@ class FeedbackRNN(keras.layers.Layer):
                     f"{memory_shape}, got {mask_shape}"
                 )
 
-    def _memory_params(self, params, memory, memory_mask):
-        """``params`` with the memory (checked, compute dtype) and its keys,
-        or as they are when the cell has no memory attention."""
+    def _memory_params(self, params, memory, memory_mask, batch=None):
+        """``params`` with the memory (checked, compute dtype, ``batch`` rows
+        when known) and its keys, or as they are when the cell has no memory
+        attention."""
         if memory is None and not getattr(self.cell, "memory_attention", None):
             if memory_mask is not None:
                 raise ValueError("Argument `memory_mask` was given without `memory`")
@@ -329,6 +330,12 @@ class FeedbackRNN(keras.layers.Layer):
             None if memory is None else memory.shape,
             None if memory_mask is None else memory_mask.shape,
         )
+        rows = memory.shape[0]
+        if batch is not None and rows is not None and rows != batch:
+            raise ValueError(
+                f"Argument `memory` must have one row per input row: batch "
+                f"{batch}, got a memory of shape {tuple(memory.shape)}"
+            )
         if memory_mask is not None and not _PURE.get():
             if None in memory_mask.shape or None in memory.shape[:2]:
                 check = tf.debugging.assert_equal(
@@ -395,7 +402,7 @@ class FeedbackRNN(keras.layers.Layer):
         states = self._start_states(initial_state, sequences)
         batch = tf.shape(sequences)[0]
         params, per_example = cell.engine_params(training, batch)
-        params = self._memory_params(params, memory, memory_mask)
+        params = self._memory_params(params, memory, memory_mask, sequences.shape[0])
         if "memory" in params and per_example is not None:
             per_example = (*per_example, "memory")
         inputs = cell.engine_inputs(params, cell.input_dropout(sequences, training))
@@ -542,7 +549,7 @@ class FeedbackRNN(keras.layers.Layer):
         old = self._check_states(states, inputs.shape[0], "states")
         batch = tf.shape(inputs)[0]
         params, _ = cell.engine_params(training, batch)
-        params = self._memory_params(params, memory, memory_mask)
+        params = self._memory_params(params, memory, memory_mask, inputs.shape[0])
         recurrence = cell.recurrence()
         projected = cell.engine_inputs(params, cell.input_dropout(sequences, training))
         if recurrence.project is not None:
