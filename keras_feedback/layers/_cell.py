@@ -507,7 +507,8 @@ class FeedbackCellBase(keras.layers.Layer):
     def feedback_weights(self):
         """The weights of the feedback part.
 
-        ``W_c``, ``b_c``, ``U_c``, ``W_α``, ``b_α`` and the parameters of a
+        ``W_c``, ``b_c``, ``U_c``, ``W_α``, ``b_α``, the input feeding
+        kernel ``W_f`` (with memory attention) and the parameters of a
         learnable feedback activation.
         """
         weights = [
