@@ -26,6 +26,9 @@ import tensorflow as tf
 from keras_feedback import engine as engines
 from keras_feedback.engine import _masking
 from keras_feedback.engine._buckets import check_buckets
+from keras_feedback.layers._memory import MemoryCalls
+from keras_feedback.layers._memory import asserted_mask_shape
+from keras_feedback.layers._memory import check_mask_shape
 
 # What the public methods take as a tensor: a tf.Tensor, a numpy array, ...
 TensorLike = Any
@@ -50,7 +53,7 @@ def pure_calls():
         _PURE.reset(token)
 
 
-class FeedbackRNN(keras.layers.Layer):
+class FeedbackRNN(MemoryCalls, keras.layers.Layer):
     """Runs a feedback cell over the time axis with one of the engines.
 
     Subclasses create ``self.cell`` (a ``FeedbackCellBase``) in their
@@ -247,106 +250,11 @@ class FeedbackRNN(keras.layers.Layer):
         if mask is None:
             return None
         mask = tf.convert_to_tensor(mask)
-        expected = tuple(sequences.shape[:2])
-        if mask.shape.rank != 2 or not all(
-            a is None or b is None or a == b for a, b in zip(mask.shape, expected)
-        ):
-            raise ValueError(
-                f"Argument `mask` must have shape (batch, time) = {expected}, "
-                f"matching the inputs of shape {tuple(sequences.shape)}, got "
-                f"{tuple(mask.shape)}"
-            )
-        if None in mask.shape or None in expected:
-            if not _PURE.get():
-                check = tf.debugging.assert_equal(
-                    tf.shape(mask),
-                    tf.shape(sequences)[:2],
-                    message="Argument `mask` must have shape (batch, time) of the inputs",
-                )
-                with tf.control_dependencies([check]):
-                    mask = tf.identity(mask)
+        axes = ("mask", "batch, time", "inputs")
+        check_mask_shape(*axes, mask.shape, sequences.shape)
+        if not _PURE.get():
+            mask = asserted_mask_shape(*axes, mask, sequences)
         return tf.cast(mask, tf.bool)
-
-    def _check_memory_shapes(self, memory_shape, memory_mask_shape):
-        """A memory of shape ``(batch, memory_time, features)`` where the
-        cell attends over one (and none where it does not), and a mask of
-        ``(batch, memory_time)``."""
-        attention = getattr(self.cell, "memory_attention", None)
-        if memory_shape is None:
-            if attention:
-                raise ValueError(
-                    f"Layer {self.name!r} has memory_attention={attention!r} "
-                    "and was called without `memory`: pass the encoder's outputs "
-                    "as `memory` (batch, memory_time, features)"
-                )
-            if memory_mask_shape is not None:
-                raise ValueError("Argument `memory_mask` was given without `memory`")
-            return
-        memory_shape = tuple(memory_shape)
-        if not attention:
-            raise ValueError(
-                f"Argument `memory` was given to layer {self.name!r}, which has "
-                "no memory attention: build it with memory_attention='additive', "
-                "'dot' or 'scaled_dot'"
-            )
-        features = self.cell.memory_features if self.cell.built else None
-        if len(memory_shape) != 3 or memory_shape[-1] is None:
-            raise ValueError(
-                "Argument `memory` must have shape (batch, memory_time, features) "
-                f"with a known feature size, got {memory_shape}"
-            )
-        if features is not None and memory_shape[-1] != features:
-            raise ValueError(
-                f"Argument `memory` must have shape (batch, memory_time, "
-                f"{features}) (the feature size the layer was built for), got "
-                f"{memory_shape}"
-            )
-        if memory_mask_shape is not None:
-            mask_shape = tuple(memory_mask_shape)
-            if len(mask_shape) != 2 or not all(
-                a is None or b is None or a == b
-                for a, b in zip(mask_shape, memory_shape[:2])
-            ):
-                raise ValueError(
-                    "Argument `memory_mask` must have shape (batch, memory_time) "
-                    f"= {memory_shape[:2]}, matching the memory of shape "
-                    f"{memory_shape}, got {mask_shape}"
-                )
-
-    def _memory_params(self, params, memory, memory_mask, batch=None):
-        """``params`` with the memory (checked, compute dtype, ``batch`` rows
-        when known) and its keys, or as they are when the cell has no memory
-        attention."""
-        if memory is None and not getattr(self.cell, "memory_attention", None):
-            if memory_mask is not None:
-                raise ValueError("Argument `memory_mask` was given without `memory`")
-            return params
-        if memory is not None and memory_mask is None:
-            memory_mask = getattr(memory, "_keras_mask", None)
-        memory = None if memory is None else self._cast_inputs(memory)
-        if memory_mask is not None:
-            memory_mask = tf.convert_to_tensor(memory_mask)
-        self._check_memory_shapes(
-            None if memory is None else memory.shape,
-            None if memory_mask is None else memory_mask.shape,
-        )
-        rows = memory.shape[0]
-        if batch is not None and rows is not None and rows != batch:
-            raise ValueError(
-                f"Argument `memory` must have one row per input row: batch "
-                f"{batch}, got a memory of shape {tuple(memory.shape)}"
-            )
-        if memory_mask is not None and not _PURE.get():
-            if None in memory_mask.shape or None in memory.shape[:2]:
-                check = tf.debugging.assert_equal(
-                    tf.shape(memory_mask),
-                    tf.shape(memory)[:2],
-                    message="Argument `memory_mask` must have shape (batch, "
-                    "memory_time) of the memory",
-                )
-                with tf.control_dependencies([check]):
-                    memory_mask = tf.identity(memory_mask)
-        return self.cell.memory_params(params, memory, memory_mask)
 
     def _check_batch(self, batch):
         """A stateful layer's batch must be the one it was built for."""
@@ -402,7 +310,9 @@ class FeedbackRNN(keras.layers.Layer):
         states = self._start_states(initial_state, sequences)
         batch = tf.shape(sequences)[0]
         params, per_example = cell.engine_params(training, batch)
-        params = self._memory_params(params, memory, memory_mask, sequences.shape[0])
+        params = self._memory_params(
+            params, memory, memory_mask, sequences.shape[0], not _PURE.get()
+        )
         if "memory" in params and per_example is not None:
             per_example = (*per_example, "memory")
         inputs = cell.engine_inputs(params, cell.input_dropout(sequences, training))
@@ -437,17 +347,6 @@ class FeedbackRNN(keras.layers.Layer):
                 "memory_alignment": self._alignment(params, traces, mask),
             }
         return self._results(outputs, last_output, final_states, traces)
-
-    def _alignment(self, params, traces, mask):
-        """The attention weights of every step ``(B, T, M)``, in processing
-        order: those of the step's ``h`` (a masked step holds the last ones,
-        zeros before any unmasked step, as the other traces)."""
-        alignment = self.cell.memory_alignment(params, traces["h"])
-        if mask is None:
-            return alignment
-        kept = tf.reverse(mask, [1]) if self.go_backwards else mask
-        started = tf.cumsum(tf.cast(kept, tf.int32), axis=1) > 0
-        return alignment * tf.cast(started, alignment.dtype)[..., None]
 
     def _results(self, outputs, last_output, final_states, traces):
         cell, spec = self.cell, self.cell.spec
@@ -549,7 +448,9 @@ class FeedbackRNN(keras.layers.Layer):
         old = self._check_states(states, inputs.shape[0], "states")
         batch = tf.shape(inputs)[0]
         params, _ = cell.engine_params(training, batch)
-        params = self._memory_params(params, memory, memory_mask, inputs.shape[0])
+        params = self._memory_params(
+            params, memory, memory_mask, inputs.shape[0], not _PURE.get()
+        )
         recurrence = cell.recurrence()
         projected = cell.engine_inputs(params, cell.input_dropout(sequences, training))
         if recurrence.project is not None:
