@@ -135,11 +135,15 @@ def choose(name, inputs, unroll=False, step_work=None):
     return engine
 
 
-def get(name, unroll=False):
-    """The run function of engine ``name`` (see ``resolve``)."""
+def _known(name):
     if name not in ENGINE_NAMES:
         raise ValueError(f"Unknown engine {name!r}. Expected one of {ENGINE_NAMES}.")
-    return ENGINES[resolve(name, unroll)]
+    return name
+
+
+def get(name, unroll=False):
+    """The run function of engine ``name`` (see ``resolve``)."""
+    return ENGINES[resolve(_known(name), unroll)]
 
 
 def _varying_time(inputs):
@@ -170,9 +174,7 @@ def run(
     if _UNROLLED.get() and inputs.shape[1] is not None:
         options["unroll"] = True
     unroll = options.get("unroll", False)
-    if name not in ENGINE_NAMES:
-        raise ValueError(f"Unknown engine {name!r}. Expected one of {ENGINE_NAMES}.")
-    chosen = choose(name, inputs, unroll, step_work)
+    chosen = choose(_known(name), inputs, unroll, step_work)
     engine = ENGINES[chosen]
     if chosen != "xla" or time_buckets is None:
         return engine(recurrence, params, inputs, initial_states, **options)

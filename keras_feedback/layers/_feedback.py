@@ -175,8 +175,10 @@ class FeedbackCell(FeedbackCellBase):
         """The attention weights ``(B, T, M)`` of hidden states ``(B, T,
         H)``: those each step gave (a step's weights are a function of its
         ``h``)."""
-        spec = math.bind_activations(self.spec, params["weights"])
-        return math.memory_alignment(spec, params["weights"], params["memory"], hidden)
+        # No activation of the cell enters the weights: the spec as it is.
+        return math.memory_alignment(
+            self.spec, params["weights"], params["memory"], hidden
+        )
 
     # --- the Keras cell contract -----------------------------------------
 
