@@ -87,6 +87,12 @@ def readout(w, h, c, cfg):
     return y, alpha
 
 
+def _held(keep, new, old):
+    """A masked step: each of ``new`` where ``keep``, else the matching
+    ``old`` (None stays None)."""
+    return tuple(None if n is None else np.where(keep, n, o) for n, o in zip(new, old))
+
+
 def feedback_sequence(w, xs, cfg, mask=None, initial=None, go_backwards=False):
     """Runs the cell over ``xs`` (B, T, D); returns outputs, final states, trace."""
     batch, steps, _ = xs.shape
@@ -108,11 +114,8 @@ def feedback_sequence(w, xs, cfg, mask=None, initial=None, go_backwards=False):
         y, h2, carry2, c2, alpha = feedback_step(w, xs[:, t], h, carry, c, cfg)
         if mask is not None:
             keep = mask[:, t][:, None]
-            y = np.where(keep, y, y_prev)
-            h2 = np.where(keep, h2, h)
-            carry2 = None if carry is None else np.where(keep, carry2, carry)
-            c2 = None if c is None else np.where(keep, c2, c)
-            alpha = None if alpha is None else np.where(keep, alpha, alpha_prev)
+            y, h2, carry2, c2 = _held(keep, (y, h2, carry2, c2), (y_prev, h, carry, c))
+            (alpha,) = _held(keep, (alpha,), (alpha_prev,))
         h, carry, c, y_prev = h2, carry2, c2, y
         if alpha is not None:
             alpha_prev = alpha
@@ -182,12 +185,9 @@ def attention_sequence(w, xs, memory, cfg, memory_mask=None, mask=None):
         y, _ = readout(w, att2, c2, cfg)
         if mask is not None:
             keep = mask[:, t][:, None]
-            y = np.where(keep, y, y_prev)
-            h2 = np.where(keep, h2, h)
-            carry2 = None if carry is None else np.where(keep, carry2, carry)
-            c2 = None if c is None else np.where(keep, c2, c)
-            att2 = np.where(keep, att2, att)
-            a = np.where(keep, a, a_prev)
+            y, h2, carry2, c2, att2, a = _held(
+                keep, (y, h2, carry2, c2, att2, a), (y_prev, h, carry, c, att, a_prev)
+            )
         h, carry, c, att, y_prev, a_prev = h2, carry2, c2, att2, y, a
         outputs.append(y)
         alignments.append(a)
