@@ -89,3 +89,27 @@ def test_engines_agree_in_float64(config, time, batch, masked, seed):
         results[engine] = list(outputs) + list(grads)
     for i, (a, b) in enumerate(zip(results["xla"], results["reference"])):
         assert relative_error(a, b) < 1e-12, (i, config)
+
+
+def test_reference_training_builds_no_list_per_step():
+    """Under a tape the reference loop projects each step's raw input: the
+    reverse loop of a model's inputs (which take no gradient) then reads and
+    writes one step, and builds no list of the whole length per step (the
+    gradient of a read of the projected sequence, ``TensorListReserve``
+    there: 1.2-1.4x Keras's training step, benchmarks/README.md)."""
+    layer = Feedback(4, core="lstm", feedback_units=0, engine="reference")
+    x = tf.random.normal((2, 5, 3))
+    layer(x)
+
+    @tf.function(input_signature=[tf.TensorSpec((2, None, 3))])
+    def grads(x):
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_sum(layer(x) ** 2)
+        return tape.gradient(loss, layer.trainable_weights)
+
+    graph = grads.get_concrete_function().graph.as_graph_def()
+    bodies = [f for f in graph.library.function if "while_body" in f.signature.name]
+    reverse = [f for f in bodies if "_grad" in f.signature.name]
+    assert reverse, [f.signature.name for f in bodies]
+    ops = {n.op for f in reverse for n in f.node_def}
+    assert "MatMul" in ops and "TensorListReserve" not in ops, sorted(ops)

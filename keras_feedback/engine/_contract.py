@@ -50,7 +50,9 @@ class Recurrence:
         state_sizes: sizes of the states, in order.
         trace_sizes: ``((name, size), ...)`` of what ``trace_t`` records.
         project: ``project(params, sequences) -> (B, T, G)``, run on all steps
-            at once before the loop; None: the inputs are the step inputs.
+            at once before the loop; it also takes one step ``(B, D) -> (B,
+            G)``, as the reference loop calls it under a tape. None: the
+            inputs are the step inputs.
         deferred: the ``Deferred`` products the step accepts.
     """
 
