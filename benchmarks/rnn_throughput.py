@@ -28,7 +28,6 @@ import platform
 import subprocess
 import sys
 import tempfile
-import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -38,8 +37,16 @@ import tensorflow as tf  # noqa: E402
 
 import keras_feedback  # noqa: E402
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import _limits  # noqa: E402
+
 KERAS_LAYERS = {"simple": "SimpleRNN", "gru": "GRU", "lstm": "LSTM"}
 GATES = {"simple": 1, "gru": 3, "lstm": 4}
+POLICY_DTYPES = {
+    "float32": "float32",
+    "mixed_bfloat16": "bfloat16",
+    "mixed_float16": "float16",
+}
 
 
 def build(kind, core, units, time_steps, features, jit_compile):
@@ -67,137 +74,55 @@ def flops_per_sequence(kind, core, units, time_steps, features):
     return per_step * time_steps
 
 
-def timed(fn, repeats, min_seconds):
-    """Best time of one call over ``repeats`` rounds (after a warm-up); a
-    call slower than 2 s (Keras's layers under mixed_float16 on CPUs) is
-    timed once."""
-    fn()
-    start = time.perf_counter()
-    fn()
-    once = time.perf_counter() - start
-    if once > 2.0:
-        return once
-    best = float("inf")
-    for _ in range(repeats):
-        calls, start = 0, time.perf_counter()
-        while True:
-            fn()
-            calls += 1
-            elapsed = time.perf_counter() - start
-            if elapsed >= min_seconds:
-                break
-        best = min(best, elapsed / calls)
-    return best
-
-
-def matmul_gflops(size=2048, repeats=5, dtype="float32", jit_compile=False, m=None):
-    """GFLOP/s of an ``(m, size) x (size, size)`` matmul (``m`` default
-    ``size``) in ``dtype``, through TensorFlow's kernel (oneDNN on x86) or
-    XLA's (``jit_compile``)."""
-    m = size if m is None else m
-    a = tf.cast(tf.random.normal([m, size]), dtype)
-    b = tf.cast(tf.random.normal([size, size]), dtype)
-    matmul = tf.function(lambda: tf.matmul(a, b), jit_compile=jit_compile)
-    seconds = timed(lambda: matmul().numpy(), repeats, 0.2)
-    return 2 * m * size**2 / seconds / 1e9
-
-
-def machine_limits(args):
-    """The machine's matmul rates, measured in this run: fp32 and bf16,
-    TensorFlow's kernel and XLA's, large (2048^2) and at a recurrent step's
-    shape (batch x H by H x 4H, H the largest size benchmarked)."""
-    size = 256 if args.quick else 2048
-    units = max(args.units)
-    rows = []
-    for dtype in ("float32", "bfloat16"):
-        for jit in (False, True):
-            rows.append(
-                dict(
-                    dtype=dtype,
-                    kernel="XLA" if jit else "TensorFlow",
-                    large=matmul_gflops(size, dtype=dtype, jit_compile=jit),
-                    step=_step_shape_gflops(args.batch, units, dtype, jit),
-                )
-            )
-    return rows
-
-
-def _step_shape_gflops(batch, units, dtype, jit_compile, repeats=5):
-    a = tf.cast(tf.random.normal([batch, units]), dtype)
-    b = tf.cast(tf.random.normal([units, 4 * units]), dtype)
-    matmul = tf.function(lambda: tf.matmul(a, b), jit_compile=jit_compile)
-    seconds = timed(lambda: matmul().numpy(), repeats, 0.2)
-    return 2 * batch * units * 4 * units / seconds / 1e9
-
-
-def step_matmul_loop_gflops(batch, units, gates, time_steps, shards, repeats):
-    """GFLOP/s of a bare XLA-compiled loop of a recurrence's per-step
-    matmuls, ``h <- (h @ U)[:, :units]`` with ``U`` of ``(units, gates *
-    units)``, run as ``shards`` loops side by side on parts of the batch (as
-    the fused engine runs its shards). Any exact step-by-step implementation
-    does at least this work per step, in sequence: an upper bound of what a
-    recurrence can reach on this machine with XLA's matmuls (the input
-    projection, one large matmul, and the step's elementwise work left out).
-    """
-    rows = batch // shards
-    kernel = tf.random.normal([units, gates * units]) / units**0.5
-
-    @tf.function(jit_compile=True)
-    def loop(h):
-        def body(t, h):
-            return t + 1, tf.matmul(h, kernel)[:, :units]
-
-        return tf.while_loop(lambda t, h: t < time_steps, body, (0, h))[1]
-
-    starts = [tf.random.normal([rows, units]) for _ in range(shards)]
-    run = tf.function(lambda: [loop(h) for h in starts])
-    seconds = timed(lambda: [r.numpy() for r in run()], repeats, 0.2)
-    flops = 2 * rows * shards * units * gates * units * time_steps
-    return flops / seconds / 1e9
-
-
-def target_rows(rows, args, reference_gflops):
-    """What 1.5x the best Keras figure asks of the machine, per core, size
-    and mode: the model GFLOP/s it means, as a fraction of the large matmul
-    and (inference) of the bare loop of per-step matmuls, best of one loop
-    and of one loop per core side by side."""
-    shard_options = sorted({1, max(1, min(os.cpu_count() or 1, args.batch // 8))})
-    targets = []
-    for units in args.units:
-        for core in args.cores:
-            loop = max(
-                step_matmul_loop_gflops(
-                    args.batch, units, GATES[core], args.time, n, args.repeats
-                )
-                for n in shard_options
-            )
-            for mode in ("inference", "training"):
-                measured = [
-                    r
-                    for r in rows
-                    if (r["core"], r["units"], r["mode"]) == (core, units, mode)
-                ]
-                keras_best = max(
-                    (r for r in measured if r["kind"] == "keras"),
-                    key=lambda r: r["seq_per_s"],
-                )
-                ours = next(r for r in measured if r["kind"] == "feedback_off")
-                needed = 1.5 * keras_best["gflops"]
-                targets.append(
-                    dict(
-                        core=core,
-                        units=units,
-                        mode=mode,
-                        needed=needed,
-                        of_matmul=needed / reference_gflops,
-                        loop=loop if mode == "inference" else None,
-                        ours=ours["gflops"] / reference_gflops,
+def targets(rows, args, matmul):
+    """Issue 14's targets against this run's limits, per policy, core, size
+    and mode: our model GFLOP/s; what 1.5x the best Keras figure under the
+    same policy needs; the bare loop of the step's matmuls (``_limits``,
+    best of both kernels and the shard options) and both as a fraction of
+    it; ours as a fraction of ``matmul`` (the best large fp32 matmul)."""
+    found = []
+    for policy in args.policies:
+        dtype = POLICY_DTYPES[policy]
+        cores = args.cores if policy == "float32" else args.mixed_cores
+        for units in args.units:
+            for core in cores:
+                limits = _limits.loop_limits(args, units, GATES[core], dtype)
+                for mode in ("inference", "training"):
+                    measured = [
+                        r
+                        for r in rows
+                        if (r["policy"], r["core"], r["units"], r["mode"])
+                        == (policy, core, units, mode)
+                    ]
+                    keras_best = max(
+                        (r for r in measured if r["kind"] == "keras"),
+                        key=lambda r: r["seq_per_s"],
                     )
-                )
-    return targets
+                    ours = next(r for r in measured if r["kind"] == "feedback_off")
+                    loop, how = limits[mode]
+                    found.append(
+                        dict(
+                            policy=policy,
+                            core=core,
+                            units=units,
+                            mode=mode,
+                            ours=ours["gflops"],
+                            ratio=ours["vs_best_keras"],
+                            needed=1.5 * keras_best["gflops"],
+                            loop=loop,
+                            how=how,
+                            of_matmul=ours["gflops"] / matmul,
+                            loop_of_matmul=loop / matmul,
+                        )
+                    )
+    return found
 
 
-def throughput_rows(args, units, reference_gflops):
+def throughput_rows(args, units, reference_gflops, policy="float32"):
+    """Every variant's rows for each core at ``units``: the four models of a
+    core are built together and timed in turns (one window each per round,
+    best of ``args.repeats`` rounds), so that a machine whose speed drifts
+    during the run shifts them alike rather than the ratios between them."""
     rng = np.random.default_rng(0)
     batch, time_steps, features = args.batch, args.time, args.features
     x = rng.standard_normal((batch, time_steps, features)).astype("float32")
@@ -215,22 +140,32 @@ def throughput_rows(args, units, reference_gflops):
             model = build(kind, core, units, time_steps, features, jit)
             flops = flops_per_sequence(kind, core, units, time_steps, features)
             for mode, fn, factor in (
-                ("inference", lambda: model.predict_on_batch(x), 1),
-                ("training", lambda: model.train_on_batch(x, y), 3),
+                ("inference", lambda m=model: m.predict_on_batch(x), 1),
+                ("training", lambda m=model: m.train_on_batch(x, y), 3),
             ):
-                seconds = timed(fn, args.repeats, args.min_seconds)
                 measured.append(
                     dict(
+                        policy=policy,
                         core=core,
                         units=units,
                         mode=mode,
                         model=label,
                         kind=kind,
-                        seq_per_s=batch / seconds,
-                        gflops=factor * flops * batch / seconds / 1e9,
+                        fn=fn,
+                        flops=factor * flops * batch,
+                        seconds=_limits.timed(fn, 0, 0),
                     )
                 )
-            keras.backend.clear_session()
+        for _ in range(args.repeats):
+            for row in measured:
+                if row["seconds"] <= 2.0:  # else timed once (``timed``)
+                    seconds = _limits.window(row["fn"], args.min_seconds)
+                    row["seconds"] = min(row["seconds"], seconds)
+        keras.backend.clear_session()
+        for row in measured:
+            del row["fn"]
+            row["seq_per_s"] = batch / row["seconds"]
+            row["gflops"] = row.pop("flops") / row["seconds"] / 1e9
         for row in measured:
             best_keras = max(
                 r["seq_per_s"]
@@ -460,7 +395,7 @@ def main(argv=None):
             )
 
     print(f"Machine: {machine()}")
-    limits = machine_limits(args)
+    limits = _limits.machine_limits(args)
     print("\nThe machine's matmul rates in this run (GFLOP/s)")
     print(
         f"| dtype    | kernel     | large  | step shape (B x H by H x 4H, H={max(args.units)}) |"
@@ -487,9 +422,8 @@ def main(argv=None):
         if policy != "float32":
             print(f"| {policy} (ours vs the best Keras under the same policy) |")
         for units in args.units:
-            for r in throughput_rows(args, units, gflops):
-                if policy == "float32":
-                    rows.append(r)
+            for r in throughput_rows(args, units, gflops, policy):
+                rows.append(r)
                 print(
                     f"| {r['core']:6} | {r['units']:>4} | {r['mode']:9} "
                     f"| {r['model']:14} | {r['seq_per_s']:>9.0f} "
@@ -499,24 +433,25 @@ def main(argv=None):
     keras.config.set_dtype_policy("float32")
     args.cores = all_cores
     print(
-        "\nWhat 1.5x the best Keras figure needs: model GFLOP/s, as a fraction "
-        "of the fp32 matmul and of a bare XLA loop of the step's matmuls "
-        "(inference; see step_matmul_loop_gflops)"
+        "\nIssue 14's targets against this run's limits: model GFLOP/s of "
+        "Feedback fb=0 (ours), its ratio to the best Keras figure, what 1.5x "
+        "that figure needs, the best bare loop of the step's matmuls in the "
+        "policy's compute dtype (_limits.loop_limits: kernel x loops side by "
+        "side) and both as a fraction of it, and ours and the bare loop as a "
+        "fraction of the best large fp32 matmul"
     )
     print(
-        "| core   |    H | mode      | needs GFLOP/s | of matmul | bare loop "
-        "| Feedback fb=0 |"
+        "| policy | core | H | mode | ours | vs Keras | 1.5x needs | bare loop "
+        "| how | ours of loop | needs of loop | ours of matmul | loop of matmul |"
     )
-    print(
-        "|--------|------|-----------|---------------|-----------|-----------"
-        "|---------------|"
-    )
-    for t in target_rows(rows, args, gflops):
-        loop = "" if t["loop"] is None else f"{t['loop'] / gflops:.1%}"
+    print("|" + "---|" * 13)
+    for t in targets(rows, args, gflops):
         print(
-            f"| {t['core']:6} | {t['units']:>4} | {t['mode']:9} "
-            f"| {t['needed']:>13.1f} | {t['of_matmul']:>9.1%} | {loop:>9} "
-            f"| {t['ours']:>13.1%} |"
+            f"| {t['policy']} | {t['core']} | {t['units']} | {t['mode']} "
+            f"| {t['ours']:.1f} | {t['ratio']:.2f}x | {t['needed']:.1f} "
+            f"| {t['loop']:.1f} | {t['how']} | {t['ours'] / t['loop']:.1%} "
+            f"| {t['needed'] / t['loop']:.1%} | {t['of_matmul']:.1%} "
+            f"| {t['loop_of_matmul']:.1%} |"
         )
     if not args.no_first_calls:
         first = first_call_rows(1 if args.quick else 3)
