@@ -454,9 +454,9 @@ def main(argv=None):
             f"| {t['loop_of_matmul']:.1%} |"
         )
     if not args.no_first_calls:
-        first = first_call_rows(1 if args.quick else 3)
+        first = first_call_rows(1 if args.quick else 5)
         print(
-            "\nFirst calls of a small model, fresh process each (s, best of 3): "
+            "\nFirst calls of a small model, fresh process each (s, best of 5): "
             "LSTM 32 units, T=20, D=8, batch 32, 320 examples"
         )
         print("| call | Keras LSTM | Feedback fb=0 | ratio |")

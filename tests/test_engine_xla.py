@@ -394,6 +394,54 @@ def test_auto_runs_small_calls_on_the_reference_loop(rng, monkeypatch):
     assert engines.choose("auto", x[:, :5], step_work=None) == "xla"  # unknown
 
 
+def test_auto_runs_bfloat16_inference_on_tensorflow_kernels(rng, monkeypatch):
+    """The dtype rule: an inference call of "auto" in bfloat16 runs the
+    reference loop, one per batch shard, and gives the reference loop's
+    results (and the fused engine's, within bfloat16 rounding); under a tape,
+    in float32 or with engine="xla" the fused engine runs."""
+    x = tf.constant(rng.standard_normal((17, 6, 3)), tf.float32)
+    mask = np.ones((17, 6), bool)
+    mask[3, 4:] = mask[11, 1:3] = False
+    layers = {
+        name: Feedback(
+            5, core="gru", return_sequences=True, dtype="mixed_bfloat16", engine=name
+        )
+        for name in ("auto", "reference", "xla")
+    }
+    for layer in layers.values():
+        layer(x)
+        layer.set_weights(layers["auto"].get_weights())
+    calls = []
+    for name in ("xla", "reference"):
+        run = engines.ENGINES[name]
+
+        def spy(*args, _run=run, _name=name, **kwargs):
+            calls.append((_name, int(args[2].shape[0])))
+            return _run(*args, **kwargs)
+
+        monkeypatch.setitem(engines.ENGINES, name, spy)
+    monkeypatch.setattr(_reference, "run", engines.ENGINES["reference"])
+    got = layers["auto"](x, mask=mask)
+    shards = _xla_shards.shard_count(17)
+    sizes = [int(n) for n in _xla_shards.shard_sizes(17, shards)]
+    assert calls == [("reference", n) for n in sizes]
+    assert got.dtype == tf.bfloat16
+    del calls[:]
+    want = layers["reference"](x, mask=mask)
+    fused = layers["xla"](x, mask=mask)
+    assert calls == [("reference", 17), ("xla", 17)]
+    _assert_close(tf.cast(got, tf.float32), tf.cast(want, tf.float32), 2e-2)
+    _assert_close(tf.cast(got, tf.float32), tf.cast(fused, tf.float32), 1e-1)
+    del calls[:]
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        layers["auto"](x, mask=mask)
+    assert calls == [("xla", 17)]
+    assert not engines.tf_kernels("xla", tf.cast(x, tf.bfloat16))
+    assert not engines.tf_kernels("auto", x)
+    assert engines.tf_kernels("auto", tf.cast(x, tf.bfloat16))
+
+
 def test_xla_engine_unrolled_equals_reference(rng):
     x = tf.constant(rng.standard_normal((2, 4, 3)), tf.float32)
     mask = tf.constant([[True, True, False, True], [False, True, True, True]])

@@ -23,6 +23,10 @@ every engine has the signature of ``keras_feedback.engine._reference.run``.
   reads) over fewer than ``AUTO_MIN_STEPS`` steps, or a time axis of any
   length: XLA's compilation (0.3-0.6 s per shape) costs more there than it
   saves in a first epoch, and a varying length would compile per bucket.
+  And an inference call in bfloat16 on CPU (``tf_kernels``): no tape records
+  it, and its inputs are ``AUTO_TF_KERNEL_DTYPES``; it runs the reference
+  loop, one per batch shard side by side, on TensorFlow's kernels (oneDNN),
+  whose bfloat16 matmul XLA:CPU's does not match (docs/engine.md).
 
 ``scope(name)`` makes every layer called inside the block run engine
 ``name``, whatever its own ``engine`` argument: export traces with
@@ -41,6 +45,7 @@ from tensorflow.python.eager import record
 from keras_feedback.engine import _buckets
 from keras_feedback.engine import _reference
 from keras_feedback.engine import _xla
+from keras_feedback.engine import _xla_shards
 from keras_feedback.engine._buckets import pad_time
 from keras_feedback.engine._contract import Deferred
 from keras_feedback.engine._contract import Recurrence
@@ -58,12 +63,16 @@ __all__ = [
     "run",
     "scope",
     "scoped",
+    "tf_kernels",
 ]
 
 ENGINES = {"xla": _xla.run, "reference": _reference.run}
 # The size rule of "auto" (``choose``; measured in docs/engine.md).
 AUTO_MIN_STEP_WORK = 32768
 AUTO_MIN_STEPS = 64
+# The compute dtypes whose inference "auto" runs on TensorFlow's kernels
+# (``tf_kernels``; measured in docs/engine.md).
+AUTO_TF_KERNEL_DTYPES = ("bfloat16",)
 ENGINE_NAMES = ("auto",) + tuple(ENGINES)
 
 _SCOPED = contextvars.ContextVar("keras_feedback_engine", default=None)
@@ -135,6 +144,36 @@ def choose(name, inputs, unroll=False, step_work=None):
     return engine
 
 
+def tf_kernels(name, inputs):
+    """Whether ``"auto"``, where it would run the fused engine, runs this
+    call on TensorFlow's kernels instead: an inference call (no tape records
+    it) on CPU whose inputs are of a dtype in ``AUTO_TF_KERNEL_DTYPES``."""
+    return (
+        (_SCOPED.get() or name) == "auto"
+        and inputs.dtype.name in AUTO_TF_KERNEL_DTYPES
+        and not record.could_possibly_record()
+        and not tf.config.list_logical_devices("GPU")
+    )
+
+
+def _sharded_reference(
+    recurrence, params, inputs, initial_states, mask=None, per_example=None, **options
+):
+    # The reference loop, one per batch shard side by side (as the fused
+    # engine runs its shards on CPU).
+    def one(params, inputs, mask, states):
+        return _reference.run(recurrence, params, inputs, states, mask=mask, **options)
+
+    count = 1 if per_example is None else _xla_shards.shard_count(inputs.shape[0])
+    if count == 1:
+        return one(params, inputs, mask, initial_states)
+    return tuple(
+        _xla_shards.run_sharded(
+            one, count, params, per_example, inputs, mask, initial_states
+        )
+    )
+
+
 def _known(name):
     if name not in ENGINE_NAMES:
         raise ValueError(f"Unknown engine {name!r}. Expected one of {ENGINE_NAMES}.")
@@ -175,6 +214,8 @@ def run(
         options["unroll"] = True
     unroll = options.get("unroll", False)
     chosen = choose(_known(name), inputs, unroll, step_work)
+    if chosen == "xla" and tf_kernels(name, inputs):
+        return _sharded_reference(recurrence, params, inputs, initial_states, **options)
     engine = ENGINES[chosen]
     if chosen != "xla" or time_buckets is None:
         return engine(recurrence, params, inputs, initial_states, **options)

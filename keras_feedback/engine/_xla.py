@@ -159,16 +159,16 @@ def run(
     count = 1 if per_example is None else shard_count(inputs.shape[0])
     if count == 1:
         return tuple(_run(cfg, params, inputs, keep, initial_states))
-    sharded = {k: params[k] for k in per_example}
-    parts = shards.split_batch(
-        (inputs, keep, initial_states, sharded),
-        shards.shard_sizes(tf.shape(inputs)[0], count),
+    results = shards.run_sharded(
+        functools.partial(_run, cfg),
+        count,
+        params,
+        per_example,
+        inputs,
+        keep,
+        initial_states,
     )
-    results = [
-        _run(cfg, {**params, **sharded_i}, inputs_i, keep_i, states_i)
-        for inputs_i, keep_i, states_i, sharded_i in parts
-    ]
-    return tuple(shards.concat_batch(results))
+    return tuple(results)
 
 
 def _forward_inputs(cfg, params, inputs):

@@ -73,3 +73,19 @@ def concat_batch(parts):
         return None if tensors[0] is None else tf.concat(tensors, 0)
 
     return tf.nest.map_structure(concat, *parts)
+
+
+def run_sharded(run_one, count, params, per_example, inputs, mask, states):
+    """``run_one(params, inputs, mask, states)`` on each of ``count`` parts
+    of the batch (``params``' ``per_example`` keys split with it), its
+    results put back together (``concat_batch``)."""
+    sharded = {k: params[k] for k in per_example}
+    parts = split_batch(
+        (inputs, mask, states, sharded), shard_sizes(tf.shape(inputs)[0], count)
+    )
+    return concat_batch(
+        [
+            run_one({**params, **sharded_i}, inputs_i, mask_i, states_i)
+            for inputs_i, mask_i, states_i, sharded_i in parts
+        ]
+    )
