@@ -442,6 +442,35 @@ def test_auto_runs_bfloat16_inference_on_tensorflow_kernels(rng, monkeypatch):
     assert engines.tf_kernels("auto", tf.cast(x, tf.bfloat16))
 
 
+@pytest.mark.parametrize("core", ["simple", "gru", "lstm"])
+def test_half_precision_gates_run_in_float32(core):
+    """Under mixed precision the step's matmuls run in the compute dtype and
+    its gates' elementwise math in float32; the states stay in the compute
+    dtype."""
+    spec = Feedback(4, core=core, feedback_units=2, dtype="mixed_bfloat16")
+    x = tf.zeros((2, 3, 3))
+    spec(x)
+    recurrence = spec.cell.recurrence()
+    params, _ = spec.cell.engine_params(False, 2)
+    states = [tf.zeros((2, n), tf.bfloat16) for n in recurrence.state_sizes]
+    projected = tf.zeros((2, spec.cell.spec.gates * 4), tf.bfloat16)
+
+    @tf.function
+    def one_step():
+        return recurrence.step(params, projected, states)
+
+    graph = one_step.get_concrete_function().graph
+    gates = [op for op in graph.get_operations() if op.type in ("Sigmoid", "Tanh")]
+    matmuls = [op for op in graph.get_operations() if op.type == "MatMul"]
+    assert gates and matmuls
+    core_gates = [op for op in gates if op.outputs[0].dtype == tf.float32]
+    assert len(core_gates) >= {"simple": 1, "gru": 3, "lstm": 5}[core]
+    assert {op.outputs[0].dtype for op in matmuls} == {tf.bfloat16}
+    _, new_states, _ = one_step()
+    assert [s.dtype for s in new_states] == [tf.bfloat16] * len(states)
+    assert math._wide(tf.float32) is None
+
+
 def test_xla_engine_unrolled_equals_reference(rng):
     x = tf.constant(rng.standard_normal((2, 4, 3)), tf.float32)
     mask = tf.constant([[True, True, False, True], [False, True, True, True]])
