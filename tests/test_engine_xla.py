@@ -649,7 +649,7 @@ def test_batch_shards_equal_reference(rng, monkeypatch, core, mode):
     # per-example params (a recurrent dropout mask), masks, initial states,
     # traces and go_backwards are split with the batch and put back in order,
     # in every mode of the loops (7 steps: a full window and a partial one).
-    monkeypatch.setattr(_xla, "shard_count", lambda batch=None: 3)
+    monkeypatch.setattr(_xla_shards, "shard_count", lambda batch=None: 3)
     use_mode(monkeypatch, mode)
     cell = _random_cell(
         rng, core, 4, 2, None, attention=core == "gru", residual=core == "lstm"

@@ -155,7 +155,7 @@ def linear(x, kernel):
 def _layer_norm(spec, params, x):
     # Half precision normalises in float32; float32 and float64 in their own.
     dtype = x.dtype
-    x32 = tf.cast(x, tf.float32) if dtype in (tf.float16, tf.bfloat16) else x
+    x32 = x if _wide(dtype) is None else tf.cast(x, tf.float32)
     mean, variance = tf.nn.moments(x32, axes=[-1], keepdims=True)
     normed = (x32 - mean) * tf.math.rsqrt(variance + LAYER_NORM_EPSILON)
     normed = tf.cast(normed, dtype)
@@ -340,8 +340,11 @@ def step(
         state list, and a dict of the per-step ``h``, ``c``, ``alpha``.
     """
     wide = _wide(projected.dtype)
-    core_spec = bind_activations(spec, params, wide)  # see ``_core``
-    spec = bind_activations(spec, params)
+    bound = bind_activations(spec, params)
+    # The core's activations take float32 parameters in half precision
+    # (see ``_core``).
+    core_spec = bound if wide is None else bind_activations(spec, params, wide)
+    spec = bound
     h_prev, carry, c_prev, attentional_prev = _split_states(spec, states)
     if spec.feedback_units:
         projected = projected + _product(

@@ -164,13 +164,8 @@ def _sharded_reference(
     def one(params, inputs, mask, states):
         return _reference.run(recurrence, params, inputs, states, mask=mask, **options)
 
-    count = 1 if per_example is None else _xla_shards.shard_count(inputs.shape[0])
-    if count == 1:
-        return one(params, inputs, mask, initial_states)
     return tuple(
-        _xla_shards.run_sharded(
-            one, count, params, per_example, inputs, mask, initial_states
-        )
+        _xla_shards.run_sharded(one, params, per_example, inputs, mask, initial_states)
     )
 
 

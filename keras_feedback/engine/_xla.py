@@ -156,17 +156,8 @@ def run(
         traces=tuple(recurrence.traces(return_trace).items()),
         steps=inputs.shape[1] if unroll else None,
     )
-    count = 1 if per_example is None else shard_count(inputs.shape[0])
-    if count == 1:
-        return tuple(_run(cfg, params, inputs, keep, initial_states))
     results = shards.run_sharded(
-        functools.partial(_run, cfg),
-        count,
-        params,
-        per_example,
-        inputs,
-        keep,
-        initial_states,
+        functools.partial(_run, cfg), params, per_example, inputs, keep, initial_states
     )
     return tuple(results)
 

@@ -75,10 +75,14 @@ def concat_batch(parts):
     return tf.nest.map_structure(concat, *parts)
 
 
-def run_sharded(run_one, count, params, per_example, inputs, mask, states):
-    """``run_one(params, inputs, mask, states)`` on each of ``count`` parts
-    of the batch (``params``' ``per_example`` keys split with it), its
-    results put back together (``concat_batch``)."""
+def run_sharded(run_one, params, per_example, inputs, mask, states):
+    """``run_one(params, inputs, mask, states)`` on each of ``shard_count``
+    parts of the batch (``params``' ``per_example`` keys split with it), its
+    results put back together (``concat_batch``); one call when
+    ``per_example`` is None (unknown) or there is one shard."""
+    count = 1 if per_example is None else shard_count(inputs.shape[0])
+    if count == 1:
+        return run_one(params, inputs, mask, states)
     sharded = {k: params[k] for k in per_example}
     parts = split_batch(
         (inputs, mask, states, sharded), shard_sizes(tf.shape(inputs)[0], count)
