@@ -384,6 +384,8 @@ def export_litert(
         content = _convert(converter, function, quantization, samples, streaming, model)
     if quantization == "dynamic_range":
         content = _flatbuffer._dequantize_weights(content)
+    if quantization in ("float16", "dynamic_range"):
+        content = _flatbuffer._widen_loop_weights(content)
     names = (
         _flat_names(function.structured_input_signature[0][0]),
         _flat_names(function.structured_outputs),
