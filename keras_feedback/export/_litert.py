@@ -256,10 +256,13 @@ def export_litert(
         path: the ``.tflite`` file to write.
         quantization: None (float32); ``"float16"`` (weights stored as
             float16); ``"dynamic_range"`` (the kernels of 1024 weights or
-            more stored in int8 with one scale per output channel; LiteRT
-            dequantises them once when it loads the file, so every op
-            computes in float32 and the weights take float32 memory at run
-            time, as with float16); or ``"int8"`` (full integer, needs
+            more stored in int8 with one scale per output channel; every
+            op computes in float32, as with float16: a step model
+            dequantises the weights once when LiteRT loads it, a
+            whole-sequence model widens them at every invoke, outside its
+            loop, with CAST ops, since LiteRT's XNNPACK delegate runs a
+            loop's DEQUANTIZE ops wrongly at times; export/README.md);
+            or ``"int8"`` (full integer, needs
             ``representative_data``: every op computes in int8, with
             float32 inputs and outputs; in the whole-sequence model the loop
             carries its states in float32 between steps, and its
