@@ -394,11 +394,12 @@ def test_auto_runs_small_calls_on_the_reference_loop(rng, monkeypatch):
     assert engines.choose("auto", x[:, :5], step_work=None) == "xla"  # unknown
 
 
-def test_auto_runs_bfloat16_inference_on_tensorflow_kernels(rng, monkeypatch):
-    """The dtype rule: an inference call of "auto" in bfloat16 runs the
-    reference loop, one per batch shard, and gives the reference loop's
-    results (and the fused engine's, within bfloat16 rounding); under a tape,
-    in float32 or with engine="xla" the fused engine runs."""
+def test_auto_runs_bfloat16_on_tensorflow_kernels(rng, monkeypatch):
+    """The dtype rule: a call of "auto" in bfloat16 runs the reference loop
+    (an inference call one per batch shard, a training call one loop) and
+    gives the reference loop's results and gradients (and the fused
+    engine's, within bfloat16 rounding); in float32 or with engine="xla"
+    the fused engine runs."""
     x = tf.constant(rng.standard_normal((17, 6, 3)), tf.float32)
     mask = np.ones((17, 6), bool)
     mask[3, 4:] = mask[11, 1:3] = False
@@ -433,10 +434,21 @@ def test_auto_runs_bfloat16_inference_on_tensorflow_kernels(rng, monkeypatch):
     _assert_close(tf.cast(got, tf.float32), tf.cast(want, tf.float32), 2e-2)
     _assert_close(tf.cast(got, tf.float32), tf.cast(fused, tf.float32), 1e-1)
     del calls[:]
+    grads = {}
+    for name in ("auto", "reference", "xla"):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            loss = tf.reduce_sum(tf.cast(layers[name](x, mask=mask), tf.float32) ** 2)
+        grads[name] = tape.gradient(loss, [x, *layers[name].trainable_weights])
+    assert calls == [("reference", 17), ("reference", 17), ("xla", 17)]
+    for got, want, fused in zip(grads["auto"], grads["reference"], grads["xla"]):
+        _assert_close(got, want, 2e-2)
+        _assert_close(got, fused, 1e-1)
+    del calls[:]
     with tf.GradientTape() as tape:
         tape.watch(x)
-        layers["auto"](x, mask=mask)
-    assert calls == [("xla", 17)]
+        Feedback(5, core="gru", engine="auto")(x)
+    assert calls == [("xla", 17)]  # float32
     assert not engines.tf_kernels("xla", tf.cast(x, tf.bfloat16))
     assert not engines.tf_kernels("auto", x)
     assert engines.tf_kernels("auto", tf.cast(x, tf.bfloat16))

@@ -23,10 +23,11 @@ every engine has the signature of ``keras_feedback.engine._reference.run``.
   reads) over fewer than ``AUTO_MIN_STEPS`` steps, or a time axis of any
   length: XLA's compilation (0.3-0.6 s per shape) costs more there than it
   saves in a first epoch, and a varying length would compile per bucket.
-  And an inference call in bfloat16 on CPU (``tf_kernels``): no tape records
-  it, and its inputs are ``AUTO_TF_KERNEL_DTYPES``; it runs the reference
-  loop, one per batch shard side by side, on TensorFlow's kernels (oneDNN),
-  whose bfloat16 matmul XLA:CPU's does not match (docs/engine.md).
+  And a call in bfloat16 on CPU (``tf_kernels``: inputs of a dtype in
+  ``AUTO_TF_KERNEL_DTYPES``) runs the reference loop on TensorFlow's
+  kernels (oneDNN), whose bfloat16 matmul XLA:CPU's does not match
+  (docs/engine.md): an inference call (no tape records it) one loop per
+  batch shard side by side, a training call one loop.
 
 ``scope(name)`` makes every layer called inside the block run engine
 ``name``, whatever its own ``engine`` argument: export traces with
@@ -70,7 +71,7 @@ ENGINES = {"xla": _xla.run, "reference": _reference.run}
 # The size rule of "auto" (``choose``; measured in docs/engine.md).
 AUTO_MIN_STEP_WORK = 32768
 AUTO_MIN_STEPS = 64
-# The compute dtypes whose inference "auto" runs on TensorFlow's kernels
+# The compute dtypes "auto" runs on TensorFlow's kernels on CPU
 # (``tf_kernels``; measured in docs/engine.md).
 AUTO_TF_KERNEL_DTYPES = ("bfloat16",)
 ENGINE_NAMES = ("auto",) + tuple(ENGINES)
@@ -146,12 +147,11 @@ def choose(name, inputs, unroll=False, step_work=None):
 
 def tf_kernels(name, inputs):
     """Whether ``"auto"``, where it would run the fused engine, runs this
-    call on TensorFlow's kernels instead: an inference call (no tape records
-    it) on CPU whose inputs are of a dtype in ``AUTO_TF_KERNEL_DTYPES``."""
+    call on TensorFlow's kernels instead (the reference loop): a call on CPU
+    whose inputs are of a dtype in ``AUTO_TF_KERNEL_DTYPES``."""
     return (
         (_SCOPED.get() or name) == "auto"
         and inputs.dtype.name in AUTO_TF_KERNEL_DTYPES
-        and not record.could_possibly_record()
         and not tf.config.list_logical_devices("GPU")
     )
 
@@ -210,6 +210,10 @@ def run(
     unroll = options.get("unroll", False)
     chosen = choose(_known(name), inputs, unroll, step_work)
     if chosen == "xla" and tf_kernels(name, inputs):
+        if record.could_possibly_record():  # training: one loop (faster)
+            return ENGINES["reference"](
+                recurrence, params, inputs, initial_states, **options
+            )
         return _sharded_reference(recurrence, params, inputs, initial_states, **options)
     engine = ENGINES[chosen]
     if chosen != "xla" or time_buckets is None:
