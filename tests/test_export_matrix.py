@@ -164,6 +164,22 @@ _RELOAD_SCRIPT = textwrap.dedent(
 )
 
 
+def _run_script(tmp_path, source, *args):
+    """Runs ``source`` in a fresh Python process; its last line of output,
+    read as JSON."""
+    script = tmp_path / "script.py"
+    script.write_text(source)
+    result = subprocess.run(
+        [sys.executable, str(script), *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"),
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
 def test_saved_model_reloaded_in_another_process(float_exports, tmp_path):
     """serving_default equals Keras, and `step` streamed over T steps from
     `initial_state` reproduces the whole sequence, in a process that never
@@ -176,17 +192,7 @@ def test_saved_model_reloaded_in_another_process(float_exports, tmp_path):
         np.savez(data, x=x, y=np.asarray(entry["model"](x)))
         manifest.append({"dir": str(entry["saved_model"]), "data": str(data)})
     (tmp_path / "manifest.json").write_text(json.dumps(manifest))
-    script = tmp_path / "reload.py"
-    script.write_text(_RELOAD_SCRIPT)
-    result = subprocess.run(
-        [sys.executable, str(script), str(tmp_path / "manifest.json")],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"),
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    reports = json.loads(result.stdout.strip().splitlines()[-1])
+    reports = _run_script(tmp_path, _RELOAD_SCRIPT, tmp_path / "manifest.json")
     assert len(reports) == len(COMBINATIONS)
     for report, combination, name in zip(reports, COMBINATIONS, IDS):
         assert report["signatures"] == ["initial_state", "serving_default", "step"]
@@ -537,17 +543,7 @@ def test_quantized_loop_runs_alike_from_one_interpreter_to_the_next(
     name = "lstm-att1-res0-out0"
     row = quantized_exports[IDS.index(name)]
     paths = [row["float16"]["path"], row["dynamic_range"]["path"]]
-    script = tmp_path / "repeat.py"
-    script.write_text(_REPEAT_SCRIPT)
-    result = subprocess.run(
-        [sys.executable, str(script), str(Path(__file__).parent), name, *paths],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"),
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    errors = json.loads(result.stdout.strip().splitlines()[-1])
+    errors = _run_script(tmp_path, _REPEAT_SCRIPT, Path(__file__).parent, name, *paths)
     for path, bound in zip(paths, (FLOAT16_RELATIVE, DYNAMIC_RANGE_RELATIVE)):
         assert max(errors[path]) <= bound, (path, errors[path])
         assert max(errors[path]) == min(errors[path]), (path, errors[path])
