@@ -422,6 +422,8 @@ def test_auto_runs_bfloat16_on_tensorflow_kernels(rng, monkeypatch):
 
         monkeypatch.setitem(engines.ENGINES, name, spy)
     monkeypatch.setattr(_reference, "run", engines.ENGINES["reference"])
+    # Eager calls run a cached graph function, traced (and spied) once.
+    engines._tf_kernel_graph.cache_clear()
     got = layers["auto"](x, mask=mask)
     shards = _xla_shards.shard_count(17)
     sizes = [int(n) for n in _xla_shards.shard_sizes(17, shards)]
@@ -452,6 +454,56 @@ def test_auto_runs_bfloat16_on_tensorflow_kernels(rng, monkeypatch):
     assert not engines.tf_kernels("xla", tf.cast(x, tf.bfloat16))
     assert not engines.tf_kernels("auto", x)
     assert engines.tf_kernels("auto", tf.cast(x, tf.bfloat16))
+
+
+def test_eager_bfloat16_calls_run_as_one_graph(rng, monkeypatch):
+    """An eager call of "auto" in bfloat16 runs TensorFlow's kernels as one
+    graph function (not op by op, where its while loop would step in
+    Python), traced once per training flag and options: inference and
+    training give the reference engine's results and gradients, at any
+    length, and with a mask."""
+    engines._tf_kernel_graph.cache_clear()
+    x = tf.constant(rng.standard_normal((9, 7, 3)), tf.float32)
+    mask = np.ones((9, 7), bool)
+    mask[2, 5:] = False
+    layers = {
+        name: Feedback(
+            4, core="lstm", return_sequences=True, dtype="mixed_bfloat16", engine=name
+        )
+        for name in ("auto", "reference")
+    }
+    for layer in layers.values():
+        layer(x)
+    layers["reference"].set_weights(layers["auto"].get_weights())
+    eager = []
+    run = engines.ENGINES["reference"]
+
+    def spy(*args, **kwargs):
+        eager.append(tf.executing_eagerly())
+        return run(*args, **kwargs)
+
+    monkeypatch.setitem(engines.ENGINES, "reference", spy)
+    monkeypatch.setattr(_reference, "run", spy)
+    for length in (7, 4):
+        xs = x[:, :length]
+        got = layers["auto"](xs, mask=mask[:, :length])
+        assert got.shape == (9, length, 4)
+        want = layers["reference"](xs, mask=mask[:, :length])
+        _assert_close(tf.cast(got, tf.float32), tf.cast(want, tf.float32), 2e-2)
+    grads = {}
+    for name, layer in layers.items():
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            loss = tf.reduce_sum(tf.cast(layer(x, mask=mask), tf.float32) ** 2)
+        grads[name] = tape.gradient(loss, [x, *layer.trainable_weights])
+    for got, want in zip(grads["auto"], grads["reference"]):
+        _assert_close(got, want, 2e-2)
+    # "auto" traced (not eager) for inference, per shard, and for training;
+    # the "reference" layer ran eagerly, once per call.
+    assert eager.count(True) == 3
+    assert eager.count(False) >= 2
+    traced = engines._tf_kernel_graph.cache_info()
+    assert traced.misses == 2  # inference and training, one graph each
 
 
 @pytest.mark.parametrize("core", ["simple", "gru", "lstm"])
