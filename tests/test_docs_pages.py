@@ -1,0 +1,26 @@
+"""The code on the documentation site's home and Getting started pages runs."""
+
+import os
+import re
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _python_blocks(page):
+    with open(os.path.join(ROOT, "docs", page)) as f:
+        return re.findall(r"^```python\n(.*?)^```", f.read(), re.M | re.S)
+
+
+@pytest.mark.parametrize("page", ["index.md", "getting-started.md"])
+def test_the_pages_python_blocks_run_in_order(page, tmp_path, monkeypatch):
+    blocks = _python_blocks(page)
+    assert blocks, page
+    monkeypatch.chdir(tmp_path)  # the pages write their files here
+    namespace = {}
+    for block in blocks:
+        exec(compile(block, os.path.join("docs", page), "exec"), namespace)
+    if page == "getting-started.md":
+        assert namespace["mse"] < 0.5 * namespace["y_test"].var()
+        assert os.path.isfile("trace.png") and os.path.isdir("serving/feedback/1")
