@@ -22,7 +22,6 @@ the max error relative to the largest |Keras output| on 8 fresh sequences
 """
 
 import itertools
-import json
 import os
 import sys
 import tempfile
@@ -84,7 +83,7 @@ def int8_weights_error(model, x):
     finally:
         for weight, value in zip(model.weights, saved):
             weight.assign(value)
-    return float(np.max(np.abs(rounded - expected)) / np.max(np.abs(expected)))
+    return export.ErrorTally().add("output", rounded, expected).max_rel
 
 
 def measure(model, x, calibration, root, modes=MODES):
@@ -168,7 +167,7 @@ def fused_lstm_rows(root, units, features, steps=100, batches=(1, 8)):
                     row["max_rel_error"] = report["max_rel_error"]
             key = f"{label} {'fused' if fused else 'WHILE'}"
             rows[key] = row
-            print(f"lstm{units}", key, json.dumps(row), flush=True)
+            print(f"lstm{units}", key, export.json_report(row), flush=True)
     return rows
 
 
@@ -182,7 +181,7 @@ def main(argv=None):
                 for units, features in ((128, 32), (16, 8))
             }
         with open(out, "w") as f:
-            json.dump(result, f, indent=1)
+            f.write(export.json_report(result, indent=1))
         return result
     out = argv[0] if argv else "quantization_table.json"
     rng = np.random.default_rng(1)
@@ -195,7 +194,7 @@ def main(argv=None):
             row = measure(model, x, calibration, root)
             row["int8 weights in Keras"] = int8_weights_error(model, x)
             result["matrix"][name_of(combination)] = row
-            print(name_of(combination), json.dumps(row), flush=True)
+            print(name_of(combination), export.json_report(row), flush=True)
         keras.utils.set_random_seed(0)
         inputs = keras.Input((None, 64))
         hidden = keras_feedback.layers.Feedback(
@@ -205,9 +204,9 @@ def main(argv=None):
         lstm_x = rng.normal(size=(1, 64, 64)).astype("float32")
         lstm_calibration = rng.normal(size=(16, 64, 64)).astype("float32")
         result["lstm128"] = measure(model, lstm_x, lstm_calibration, root)
-        print("lstm128", json.dumps(result["lstm128"]), flush=True)
+        print("lstm128", export.json_report(result["lstm128"]), flush=True)
     with open(out, "w") as f:
-        json.dump(result, f, indent=1)
+        f.write(export.json_report(result, indent=1))
     return result
 
 

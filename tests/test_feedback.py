@@ -451,6 +451,6 @@ def test_reset_state_checks_shapes(rng):
     layer(_inputs(rng))
     with pytest.raises(
         ValueError,
-        match="`states`\\[0\\] \\(h\\) must have shape \\(3, 4\\), got \\(2, 4\\)",
+        match="`states`\\[0\\] \\(h\\) has batch size 2, the layer.s stored states have batch size 3",
     ):
         layer.reset_state([np.zeros((2, 4), "float32"), np.zeros((2, 4), "float32")])

@@ -381,7 +381,10 @@ def test_bad_arguments_are_named(rng):
         layer(x, memory=memory[..., :3])
     with pytest.raises(ValueError, match="`memory_mask` must have shape"):
         layer(x, memory=memory, memory_mask=memory_mask[:, :4])
-    with pytest.raises(ValueError, match="`memory` must have one row per input row"):
+    with pytest.raises(
+        ValueError,
+        match="`memory` has batch size .*, the inputs have batch size .*: expected one row per input row",
+    ):
         layer(x, memory=memory[:2])
     with pytest.raises(ValueError, match="called without `memory`"):
         layer(x)

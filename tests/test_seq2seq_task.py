@@ -152,6 +152,16 @@ def test_overwrite_keeps_one_complete_version(trained, tmp_path):
         export.export_seq2seq_saved_model(translator, tmp_path)
     again = export.export_seq2seq_saved_model(translator, tmp_path, overwrite=True)
     assert again == first and sorted(os.listdir(tmp_path)) == ["1"]
+    # The LiteRT step follows the same writer rule as every export_*.
+    lite = tmp_path / "step.tflite"
+    lite.write_bytes(b"the old version")
+    with pytest.raises(ValueError, match=r"`path`: .* already exists.*overwrite=True"):
+        export.export_seq2seq_litert(translator, lite)
+    assert lite.read_bytes() == b"the old version"
+    with pytest.raises(TypeError, match="`overwrite` must be True or False"):
+        export.export_seq2seq_litert(translator, lite, overwrite="yes")
+    export.export_seq2seq_litert(translator, lite, overwrite=True)
+    assert "WHILE" not in export.litert_ops(str(lite))
 
 
 def test_bad_export_arguments_are_named(trained, tmp_path):

@@ -7,6 +7,7 @@ the commands run before any work starts. Nothing here imports TensorFlow
 """
 
 import argparse
+import contextlib
 import math
 import os
 
@@ -141,17 +142,53 @@ def input_file(flag, path):
 
 
 def load_arrays(flag, path):
-    """``numpy.load`` of the ``.npy`` or ``.npz`` file at ``path``, or
-    ``UsageError`` naming ``flag`` when it is missing or unreadable."""
+    """The array of the ``.npy`` file at ``path``, or a dict of the arrays
+    of the ``.npz`` file (all read now), or ``UsageError`` naming ``flag``
+    when it is missing, empty, corrupt or not numeric data."""
+    import zipfile
+    import zlib
+
     import numpy as np
 
     input_file(flag, path)
+    if not os.path.getsize(path):
+        raise UsageError(f"{flag} {path!r}: the file is empty; expected a .npy or .npz")
     try:
-        return np.load(path)
-    except (OSError, ValueError) as error:
+        loaded = np.load(path)
+        if isinstance(loaded, np.lib.npyio.NpzFile):
+            with loaded:
+                loaded = {name: loaded[name] for name in loaded.files}
+            if not loaded:
+                raise ValueError("the archive holds no array")
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as error:
         raise UsageError(
-            f"{flag} {path!r}: not a readable .npy or .npz file ({one_line(error)})"
+            f"{flag} {path!r}: not a readable .npy or .npz file "
+            f"({type(error).__name__}: {one_line(error, 200)})"
         ) from None
+    return loaded
+
+
+@contextlib.contextmanager
+def flags_for(arguments):
+    """Errors of a library call inside the block name the command's flags.
+
+    ``arguments`` maps the library's argument names to flags
+    (``{"name": "--dataset"}``): a ``ValueError`` or ``TypeError`` saying
+    "Argument `name`" becomes a ``UsageError`` saying "--dataset".
+    """
+    try:
+        yield
+    except (ValueError, TypeError) as error:
+        message = str(error)
+        named = False
+        for argument, flag in arguments.items():
+            for form in (f"Argument `{argument}`", f"`{argument}`"):
+                if form in message:
+                    message = message.replace(form, flag)
+                    named = True
+        if not named:
+            raise
+        raise UsageError(message) from None
 
 
 def load_keras_model(flag, path, compile=True):
@@ -162,6 +199,15 @@ def load_keras_model(flag, path, compile=True):
 
     import keras_feedback  # noqa: F401 - registers the layers for loading
 
+    if not os.path.getsize(path):
+        raise UsageError(f"{flag} {path!r}: the file is empty; expected a .keras model")
+    import zipfile
+
+    if path.endswith(".keras") and not zipfile.is_zipfile(path):
+        raise UsageError(
+            f"{flag} {path!r}: not a loadable .keras model (a .keras file is a "
+            "zip archive, as model.save('model.keras') writes; this one is not)"
+        )
     try:
         return keras.saving.load_model(path, compile=compile)
     except Exception as error:  # a corrupt or foreign file: many error types

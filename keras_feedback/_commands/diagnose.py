@@ -8,8 +8,6 @@ verdict: the figures of ``keras_feedback.training.GradientFlow.measure``.
     keras-feedback diagnose model.keras --data batch.npz --loss mse
 """
 
-import json
-
 import numpy as np
 
 from keras_feedback import _commands
@@ -56,18 +54,17 @@ def _npz(path, batch_size):
             f"--data {path!r}: expected a .npz file with arrays x and y, got one "
             "array (.npy)"
         )
-    with archive:
-        keys = list(archive.keys())
-        for x_key, y_key in (("x", "y"), ("inputs", "targets")):
-            if x_key in archive and y_key in archive:
-                break
-        else:
-            if len(keys) < 2:
-                raise _commands.UsageError(
-                    f"--data {path!r} must hold two arrays (x, y), got {keys}"
-                )
-            x_key, y_key = keys[:2]
-        return archive[x_key][:batch_size], archive[y_key][:batch_size]
+    keys = list(archive)
+    for x_key, y_key in (("x", "y"), ("inputs", "targets")):
+        if x_key in archive and y_key in archive:
+            break
+    else:
+        if len(keys) < 2:
+            raise _commands.UsageError(
+                f"--data {path!r} must hold two arrays (x, y), got {keys}"
+            )
+        x_key, y_key = keys[:2]
+    return archive[x_key][:batch_size], archive[y_key][:batch_size]
 
 
 def _batch(args):
@@ -75,11 +72,42 @@ def _batch(args):
         return _npz(args.data, args.batch_size)
     import keras_feedback
 
-    dataset, _ = keras_feedback.datasets.load(
-        args.data, args.split, data_dir=args.data_dir, batch_size=args.batch_size
-    )
+    with _commands.flags_for({"name": "--data", "split": "--split"}):
+        dataset, _ = keras_feedback.datasets.load(
+            args.data, args.split, data_dir=args.data_dir, batch_size=args.batch_size
+        )
     x, y = next(iter(dataset.take(1)))
     return x.numpy(), y.numpy()
+
+
+def _check_batch(model, x, y, data):
+    """The batch must fit the model's input and be finite numbers."""
+    for name, value in (("x", x), ("y", y)):
+        if not np.issubdtype(value.dtype, np.number):
+            raise _commands.UsageError(
+                f"--data {data!r}: {name} must be numeric, got dtype {value.dtype}"
+            )
+        bad = ~np.isfinite(value)
+        if bad.any():
+            raise _commands.UsageError(
+                f"--data {data!r}: {name} has {int(bad.sum())} non-finite values "
+                f"(NaN or Inf), the first at index "
+                f"{tuple(int(i) for i in np.argwhere(bad)[0])}; expected finite data"
+            )
+    expected = tuple(model.inputs[0].shape) if len(model.inputs) == 1 else None
+    if expected is not None and (
+        x.ndim != len(expected)
+        or not all(e is None or e == d for e, d in zip(expected[1:], x.shape[1:]))
+    ):
+        raise _commands.UsageError(
+            f"--data {data!r}: x has shape {x.shape}, the model takes inputs of "
+            f"shape {expected} (None: any size)"
+        )
+    if len(x) != len(y):
+        raise _commands.UsageError(
+            f"--data {data!r}: x has {len(x)} rows and y {len(y)}; expected one "
+            "target row per input row"
+        )
 
 
 def _table(report):
@@ -101,6 +129,7 @@ def run(args):
         _commands.output_file("--json", args.json)
     model = _commands.load_keras_model("model", args.model)
     x, y = _batch(args)
+    _check_batch(model, x, y, args.data)
     report = keras_feedback.training.GradientFlow.measure(
         model, x, y, layer=args.layer, jacobian=not args.no_jacobian, loss=args.loss
     )
@@ -108,18 +137,15 @@ def run(args):
     print(_table(report))
     print(report.summary())
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(
-                {
-                    "gradient_norms": report.gradient_norms.tolist(),
-                    "jacobian_norms": None
-                    if report.jacobian_norms is None
-                    else report.jacobian_norms.tolist(),
-                    "ratio": report.ratio,
-                    "rate": report.rate,
-                    "verdict": report.verdict,
-                },
-                f,
-                indent=2,
-            )
+        from keras_feedback.export import json_report
+
+        figures = {
+            "gradient_norms": report.gradient_norms,
+            "jacobian_norms": report.jacobian_norms,
+            "ratio": report.ratio,
+            "rate": report.rate,
+            "verdict": report.verdict,
+        }
+        with open(args.json, "w") as f:  # non-finite figures as "inf"/"nan"
+            f.write(json_report(figures, indent=2))
     return 0

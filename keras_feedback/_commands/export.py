@@ -128,10 +128,7 @@ def check_inputs(plan, batch, time, seed):
 def _load_representative(path):
     if path is None:
         return None
-    data = _commands.load_arrays("--representative-data", path)
-    if isinstance(data, np.ndarray):
-        return data
-    return {name: data[name] for name in data.files}
+    return _commands.load_arrays("--representative-data", path)
 
 
 def _size(nbytes):
@@ -180,6 +177,8 @@ def format_table(rows):
 
 
 def _status(relative, tolerance):
+    if relative is None or not np.isfinite(relative):
+        return "FAIL"  # NaN or Inf in an output: never OK, even when reported
     if tolerance is None:
         return "reported"
     return "OK" if relative <= tolerance else "FAIL"
@@ -226,6 +225,7 @@ def _run(args, model, representative):
     plan = _trace.ExportPlan(model)
     inputs = check_inputs(plan, args.batch, args.time, args.seed)
     rows = []
+    nonfinite = []
     if args.saved_model:
         path = export.export_saved_model(
             model, args.saved_model, version=args.version, overwrite=args.overwrite
@@ -233,6 +233,7 @@ def _run(args, model, representative):
         report = export.verify_saved_model(
             model, args.saved_model, inputs, version=args.version
         )
+        nonfinite += [f"SavedModel {p}" for p in report["nonfinite"]]
         # The default scales with the model's compute dtype (verify_*).
         tolerance = report["tolerance"] if args.tolerance is None else args.tolerance
         steps = inputs[plan.input_names[0]].shape[1]
@@ -273,6 +274,7 @@ def _run(args, model, representative):
             batch_size=args.batch if args.fused_lstm else None,
         )
         report = export.verify_litert(model, path, inputs)
+        nonfinite += [f"LiteRT {p}" for p in report["nonfinite"]]
         tolerance = args.tolerance
         if tolerance is None and TOLERANCES[args.quantize] is not None:
             tolerance = max(TOLERANCES[args.quantize], report["tolerance"])
@@ -296,4 +298,6 @@ def _run(args, model, representative):
         f"checked on {args.batch} random sequences of {args.time} steps "
         f"(seed {args.seed}); errors relative to the largest |Keras output|"
     )
+    for problem in nonfinite:
+        print(f"not finite: {problem}")
     return 1 if any(row["status"] == "FAIL" for row in rows) else 0

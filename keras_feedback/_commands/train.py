@@ -200,12 +200,18 @@ def check_model(config):
 
     if "model" in config:
         try:
-            keras.models.model_from_json(json.dumps(config["model"]))
+            model = keras.models.model_from_json(json.dumps(config["model"]))
         except Exception as error:  # Keras raises many error types here
             raise ConfigError(
                 f'"model" is not a Keras model config: {type(error).__name__}: '
                 f"{_commands.one_line(error, 300)}"
             ) from None
+        if not isinstance(model, keras.Model):
+            raise ConfigError(
+                '"model" is not a Keras model config (what model.to_json() '
+                'writes, with "class_name" and "config"): it describes a '
+                f"{type(model).__name__}, not a keras.Model"
+            )
         return
     for i, layer_config in enumerate(config["feedback"]):
         try:
@@ -338,11 +344,12 @@ def run(args):
         config = read_config(args.model)
     except ConfigError as error:
         raise _commands.UsageError(f"--model {args.model!r}: {error}") from None
-    (train_split, validation_split), resume = _check_arguments(args, config)
     try:
         check_model(config)
     except ConfigError as error:
         raise _commands.UsageError(f"--model {args.model!r}: {error}") from None
+    # After the model's check: a refused model leaves no --out folder behind.
+    (train_split, validation_split), resume = _check_arguments(args, config)
     return _train(args, config, train_split, validation_split, resume)
 
 
@@ -367,11 +374,19 @@ def _train(args, config, train_split, validation_split, resume):
         manual_dir=args.manual_dir,
         seed=args.seed,
     )
-    train, task = datasets.load(args.dataset, train_split, shuffle=True, **load)
-    evaluation, _ = datasets.load(args.dataset, args.eval_split, **load)
+    flags = {
+        "name": "--dataset",
+        "data_dir": "--data-dir",
+        "max_length": "--max-length",
+    }
+    with _commands.flags_for({**flags, "split": "--train-split"}):
+        train, task = datasets.load(args.dataset, train_split, shuffle=True, **load)
+    with _commands.flags_for({**flags, "split": "--eval-split"}):
+        evaluation, _ = datasets.load(args.dataset, args.eval_split, **load)
     validation = None
     if validation_split is not None:
-        validation, _ = datasets.load(args.dataset, validation_split, **load)
+        with _commands.flags_for({**flags, "split": "--validation-split"}):
+            validation, _ = datasets.load(args.dataset, validation_split, **load)
     if strategy is not None:
         train = distribute.shard_by_data(train)
         evaluation = distribute.shard_by_data(evaluation)

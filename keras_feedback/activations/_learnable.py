@@ -53,6 +53,7 @@ import numpy as np
 from keras import ops
 
 from keras_feedback._api import public
+from keras_feedback._checks import check_bool
 
 
 @public("keras_feedback.activations.PureActivation", serializable=False)
@@ -175,7 +176,7 @@ class LearnableActivation(ParametricActivation):
 
     def __init__(self, per_unit: bool = True, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.per_unit = bool(per_unit)
+        self.per_unit = check_bool("per_unit", per_unit)
         self.units = None
 
     def build(self, input_shape):

@@ -106,7 +106,10 @@ def project_inputs(spec, params, inputs):
     kernel = params["kernel"]
     sequence = inputs.shape.rank == 5
     maps = tf.reshape(inputs, [-1, *inputs.shape[-3:]]) if sequence else inputs
-    projected = tf.nn.conv2d(
+    # tf.nn.convolution, as Keras's Conv2D: a dilated convolution runs as
+    # space-to-batch around a plain one, whose gradients every CPU kernel
+    # has (Conv2DBackpropInput has none for dilation > 1 in float64).
+    projected = tf.nn.convolution(
         maps,
         kernel,
         strides=spec.strides,

@@ -4,7 +4,9 @@ A masked step (``keep`` false for a row) keeps that row's states; its output
 repeats the previous step's output, or is zero with ``zero_output_for_mask``
 (what ``Bidirectional`` asks for). The reference engine's loop and the
 layers' public ``step`` apply these functions; the fused engine applies the
-same rule inside its compiled loops.
+same rule inside its compiled loops. ``zero_masked`` zeroes what a masked
+step reads before any engine sees it, so that padding (NaN, Inf, garbage)
+reaches neither an output nor a gradient.
 """
 
 import tensorflow as tf
@@ -20,3 +22,17 @@ def output(keep, new, previous, zero_output_for_mask):
     zeros with ``zero_output_for_mask``)."""
     held = tf.zeros_like(new) if zero_output_for_mask else previous
     return tf.where(keep, new, held)
+
+
+def zero_masked(values, mask):
+    """``values`` with zeros wherever ``mask`` is False.
+
+    ``mask`` covers the leading axes of ``values`` (``(B, T)`` for sequences
+    of any rank, ``(B,)`` for one step). A select, not a product: a NaN in a
+    masked place gives a zero value and a zero gradient, where ``0 * NaN``
+    would give NaN.
+    """
+    mask = tf.cast(mask, tf.bool)
+    extra = values.shape.rank - mask.shape.rank
+    mask = tf.reshape(mask, tf.concat([tf.shape(mask), [1] * extra], 0))
+    return tf.where(mask, values, tf.zeros_like(values))

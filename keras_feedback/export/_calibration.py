@@ -32,6 +32,13 @@ def _check_quantization(quantization, representative_data):
             f"Argument `quantization` must be None or one of {QUANTIZATIONS}, "
             f"got {quantization!r}"
         )
+    if representative_data is not None and quantization not in CALIBRATED:
+        raise ValueError(
+            "Argument `representative_data` calibrates quantization='int8' or "
+            f"'int16x8' only, and would be ignored with quantization="
+            f"{quantization!r}: pass representative_data=None, or one of the "
+            f"calibrated quantizations {CALIBRATED}"
+        )
     if quantization in CALIBRATED and representative_data is None:
         raise ValueError(
             "Argument `representative_data` is required for "

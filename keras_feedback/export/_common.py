@@ -1,13 +1,17 @@
 """Checks and helpers shared by the SavedModel and LiteRT exporters."""
 
 import contextlib
+import json
 import os
 import re
+from typing import Any
 
 import keras
 import numpy as np
 
 from keras_feedback import engine as engines
+from keras_feedback._api import public
+from keras_feedback._checks import check_bool
 from keras_feedback.layers._feedback_loop import nested_layers
 from keras_feedback.layers._recurrent import pure_calls
 
@@ -79,8 +83,10 @@ def tolerance_for(model, tolerance, argument="tolerance"):
 
 
 def check_target(path, overwrite, argument):
-    """Raises when ``path`` exists and ``overwrite`` is false, or when a
-    folder above it is a file."""
+    """The one writer rule of every ``export_*``: raises when ``path`` exists
+    and ``overwrite`` is false, or when a folder above it is a file (the
+    writer then replaces ``path`` atomically, ``_atomic``)."""
+    overwrite = check_bool("overwrite", overwrite)
     parent = os.path.dirname(os.path.abspath(path))
     while parent and not os.path.lexists(parent):
         parent = os.path.dirname(parent)
@@ -133,6 +139,32 @@ def directory_size(path):
     )
 
 
+def _nonfinite_problem(actual, expected):
+    """What is not finite in ``actual`` or ``expected``, in words, or None."""
+    finite_actual = np.isfinite(actual)
+    finite_expected = np.isfinite(expected)
+    if finite_actual.all() and finite_expected.all():
+        return None
+    parts = []
+    only_actual = ~finite_actual & finite_expected
+    for label, where in (("NaN", np.isnan(actual)), ("Inf", np.isinf(actual))):
+        count = int(np.count_nonzero(where & only_actual))
+        if count:
+            parts.append(f"{count} {label} where Keras is finite")
+    only_expected = finite_actual & ~finite_expected
+    for label, where in (("NaN", np.isnan(expected)), ("Inf", np.isinf(expected))):
+        count = int(np.count_nonzero(where & only_expected))
+        if count:
+            parts.append(f"Keras has {count} {label} where the export is finite")
+    both = int(np.count_nonzero(~finite_actual & ~finite_expected))
+    if both:
+        parts.append(
+            f"{both} values non-finite in both (the Keras model itself is not finite)"
+        )
+    first = np.argwhere(~(finite_actual & finite_expected))[0]
+    return f"{', '.join(parts)}; first at index {tuple(int(i) for i in first)}"
+
+
 def errors(actual, expected):
     """Errors of ``actual`` against ``expected``.
 
@@ -140,7 +172,8 @@ def errors(actual, expected):
         ``(max_abs, max_rel, norm_rel)``: the largest absolute error, that
         error over the largest |expected| (the error relative to the output's
         scale), and ``||actual - expected|| / ||expected||`` (Euclidean norms
-        over every element).
+        over every element). A value that is not finite on either side makes
+        all three infinite (``ErrorTally`` says where).
     """
     actual = np.asarray(actual, np.float64)
     expected = np.asarray(expected, np.float64)
@@ -151,6 +184,8 @@ def errors(actual, expected):
         )
     if not actual.size:
         return 0.0, 0.0, 0.0
+    if _nonfinite_problem(actual, expected):
+        return np.inf, np.inf, np.inf
     difference = actual - expected
     error = float(np.max(np.abs(difference)))
     scale = float(np.max(np.abs(expected)))
@@ -162,21 +197,112 @@ def errors(actual, expected):
     )
 
 
+@public("keras_feedback.export.ErrorTally", serializable=False)
 class ErrorTally:
-    """The errors of each output, and the worst of each over all outputs."""
+    """The errors of each output against Keras's, and the worst over all.
+
+    Every verifier (``verify_saved_model``, ``verify_litert``, the
+    ``keras-feedback export`` table, the demo's parity rows) compares through
+    this one tally. A value that is not finite (NaN or Inf) in an output, on
+    either side, makes that output's errors infinite, never 0.0, and is
+    described in ``nonfinite`` (``"output y: 12 NaN where Keras is finite;
+    first at index (0, 3, 1)"``), so ``within(tolerance)`` is False for any
+    tolerance. ``json_report`` writes such a report as valid JSON.
+
+    Example:
+
+    >>> tally = ErrorTally()
+    >>> _ = tally.add("y", [1.0, float("nan")], [1.0, 2.0])
+    >>> tally.max_rel, tally.within(1e-4)
+    (inf, False)
+    >>> tally.nonfinite
+    ['output y: 1 NaN where Keras is finite; first at index (1,)']
+    """
 
     def __init__(self):
         self.max_abs = self.max_rel = self.norm_rel = 0.0
         self.per_output = {}
+        self.nonfinite = []
 
-    def add(self, name, actual, expected):
+    def add(self, name: str, actual: Any, expected: Any) -> "ErrorTally":
+        """Compares one output (``actual``, the export's) with ``expected``
+        (Keras's) and keeps the worst errors."""
+        actual = np.asarray(actual, np.float64)
+        expected = np.asarray(expected, np.float64)
         max_abs, max_rel, norm_rel = errors(actual, expected)
+        problem = _nonfinite_problem(actual, expected) if actual.size else None
         self.per_output[name] = {
             "max_abs_error": max_abs,
             "max_rel_error": max_rel,
             "norm_rel_error": norm_rel,
+            "nonfinite": problem,
         }
+        if problem:
+            self.nonfinite.append(f"output {name}: {problem}")
         self.max_abs = max(self.max_abs, max_abs)
         self.max_rel = max(self.max_rel, max_rel)
         self.norm_rel = max(self.norm_rel, norm_rel)
         return self
+
+    def within(self, tolerance: float) -> bool:
+        """True when every output is finite and within ``tolerance`` (the
+        max error relative to the largest |Keras output|)."""
+        return not self.nonfinite and bool(self.max_rel <= tolerance)
+
+
+def check_finite_inputs(named, argument="inputs"):
+    """Raises unless every floating value of the verification inputs is
+    finite (they are the user's test data: a NaN in them proves nothing)."""
+    for name, value in named.items():
+        value = np.asarray(value)
+        if not np.issubdtype(value.dtype, np.floating):
+            continue
+        bad = ~np.isfinite(value)
+        if bad.any():
+            first = tuple(int(i) for i in np.argwhere(bad)[0])
+            raise ValueError(
+                f"Argument `{argument}`: input {name!r} has "
+                f"{int(np.count_nonzero(bad))} non-finite values (NaN or Inf), "
+                f"the first at index {first}. Expected finite test data: a "
+                "comparison on NaN inputs cannot show that an export is right "
+                "(padding under a mask can be any finite value, e.g. zeros)."
+            )
+
+
+def _json_value(value):
+    if isinstance(value, dict):
+        return {str(k): _json_value(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_value(v) for v in value]
+    if isinstance(value, (np.floating, float)) and not isinstance(value, bool):
+        value = float(value)
+        if np.isnan(value):
+            return "nan"
+        if np.isinf(value):
+            return "inf" if value > 0 else "-inf"
+        return value
+    if isinstance(value, np.integer):
+        return int(value)
+    if isinstance(value, np.bool_):
+        return bool(value)
+    if isinstance(value, np.ndarray):
+        return _json_value(value.tolist())
+    return value
+
+
+@public("keras_feedback.export.json_report")
+def json_report(report: Any, **dump_options: Any) -> str:
+    """A verification report (or any dict of figures) as strict JSON.
+
+    JSON has no infinity or NaN: an infinite error is written as the string
+    ``"inf"`` (``"-inf"``) and NaN as ``"nan"``, so the text is valid JSON
+    that any parser reads (``json.dumps`` alone would write ``Infinity``,
+    which strict parsers refuse). NumPy scalars and arrays become numbers
+    and lists. ``dump_options`` go to ``json.dumps`` (``indent=1``, ...).
+
+    Example:
+
+    >>> json_report({"max_rel_error": float("inf"), "within_tolerance": False})
+    '{"max_rel_error": "inf", "within_tolerance": false}'
+    """
+    return json.dumps(_json_value(report), allow_nan=False, **dump_options)

@@ -37,6 +37,7 @@ import tensorflow as tf
 
 from keras_feedback import activations
 from keras_feedback import engine as engines
+from keras_feedback._checks import check_bool
 from keras_feedback.export import _common
 from keras_feedback.export import _trace
 from keras_feedback.layers._feedback import Feedback
@@ -47,10 +48,7 @@ FUSED_LSTM_OP = "UNIDIRECTIONAL_SEQUENCE_LSTM"
 
 def check_option(fused_lstm, batch_size, streaming, quantization):
     """Raises unless ``fused_lstm`` and ``batch_size`` are valid together."""
-    if not isinstance(fused_lstm, bool):
-        raise ValueError(
-            f"Argument `fused_lstm` must be True or False, got {fused_lstm!r}"
-        )
+    check_bool("fused_lstm", fused_lstm)
     if batch_size is not None:
         if (
             isinstance(batch_size, bool)

@@ -19,6 +19,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_feedback._api import public
+from keras_feedback._checks import check_bool
 from keras_feedback.export import _atomic
 from keras_feedback.export import _calibration
 from keras_feedback.export import _common
@@ -321,6 +322,7 @@ def export_litert(
     """
     _common.check_model(model)
     _calibration._check_quantization(quantization, representative_data)
+    streaming = check_bool("streaming", streaming)
     _fused_lstm.check_option(fused_lstm, batch_size, streaming, quantization)
     path = os.fspath(path)
     _common.check_target(path, overwrite, "path")
@@ -507,7 +509,10 @@ def verify_litert(
         A dict: ``max_abs_error``, ``max_rel_error`` (the absolute error over
         the largest |Keras output|), ``norm_rel_error`` (``||lite - keras|| /
         ||keras||`` over all elements), ``per_output`` (the three errors of
-        each output, by name), ``size_bytes``, ``streaming``, ``ops``
+        each output, by name), ``nonfinite`` (where an output is NaN or Inf
+        on either side, in words; such an output's errors are infinite and
+        the file is never within tolerance), ``size_bytes``, ``streaming``,
+        ``ops``
         (``litert_ops``), ``latency_ms`` (one invoke: a whole sequence, or
         one step) and ``step_latency_ms`` (per time step: the step invoke, or
         the sequence invoke over the number of steps), ``tolerance`` and
@@ -519,6 +524,7 @@ def verify_litert(
         raise ValueError(f"Argument `path`: no LiteRT file at {path!r}")
     plan = _trace.ExportPlan(model, compute_dtype=None)
     named = plan.named_inputs(inputs)
+    _common.check_finite_inputs(named)
     expected = plan.keras_outputs(named)
     interpreter = _interpreter(model_path=path)
     signatures = interpreter.get_signature_list()
@@ -544,11 +550,12 @@ def verify_litert(
         "max_rel_error": tally.max_rel,
         "norm_rel_error": tally.norm_rel,
         "per_output": tally.per_output,
+        "nonfinite": tally.nonfinite,
         "size_bytes": os.path.getsize(path),
         "streaming": streaming,
         "ops": litert_ops(path),
         "latency_ms": latency,
         "step_latency_ms": step_latency,
         "tolerance": tolerance,
-        "within_tolerance": tally.max_rel <= tolerance,
+        "within_tolerance": tally.within(tolerance),
     }

@@ -239,8 +239,10 @@ def verify_saved_model(
         over the time axis from ``initial_state``, against the Keras
         outputs; None without a ``step`` signature), ``signatures``,
         ``size_bytes``, ``serving_latency_ms`` (one call on ``inputs``) and
-        ``step_latency_ms`` (median per step), ``tolerance`` and
-        ``within_tolerance`` (every relative error at most ``tolerance``).
+        ``step_latency_ms`` (median per step), ``nonfinite`` (where an output
+        is NaN or Inf on either side, in words: such an output's errors are
+        infinite), ``tolerance`` and ``within_tolerance`` (every output
+        finite and every relative error at most ``tolerance``).
     """
     _check_version(version)
     tolerance = _common.tolerance_for(model, tolerance)
@@ -249,6 +251,7 @@ def verify_saved_model(
         raise ValueError(f"Argument `directory`: no SavedModel version folder {path!r}")
     plan = _trace.ExportPlan(model, compute_dtype=None)
     named = plan.named_inputs(inputs)
+    _common.check_finite_inputs(named)
     expected = plan.keras_outputs(named)
     loaded = tf.saved_model.load(path)
     signatures = loaded.signatures
@@ -270,19 +273,20 @@ def verify_saved_model(
         "size_bytes": _common.directory_size(path),
         "serving_latency_ms": serving_ms,
         "step_latency_ms": None,
+        "nonfinite": [f"serving_default {p}" for p in serving.nonfinite],
     }
+    tallies = [serving]
     if STEP in signatures:
         batch = next(iter(named.values())).shape[0]
         outputs, step_ms = _run_steps(signatures, named, batch)
         tally = compare_steps(outputs, expected)
+        tallies.append(tally)
+        report["nonfinite"] += [f"step {p}" for p in tally.nonfinite]
         report.update(
             step_max_abs_error=tally.max_abs,
             step_max_rel_error=tally.max_rel,
             step_latency_ms=step_ms,
         )
-    errors = [report["serving_max_rel_error"], report["step_max_rel_error"]]
     report["tolerance"] = tolerance
-    report["within_tolerance"] = all(
-        error <= tolerance for error in errors if error is not None
-    )
+    report["within_tolerance"] = all(t.within(tolerance) for t in tallies)
     return report

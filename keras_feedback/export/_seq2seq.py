@@ -168,6 +168,7 @@ def export_seq2seq_litert(
     model,
     path: Union[str, os.PathLike],
     quantization: Optional[str] = None,
+    overwrite: bool = False,
 ) -> str:
     """Exports an attention decoder's ``step`` as a LiteRT file.
 
@@ -182,6 +183,8 @@ def export_seq2seq_litert(
         path: the ``.tflite`` file to write (atomically).
         quantization: None (float32), ``"float16"`` (weights stored as
             float16) or ``"dynamic_range"`` (int8 weights).
+        overwrite: replace an existing file (atomically); without it an
+            existing ``path`` is refused, as by ``export_litert``.
 
     Returns:
         The path written.
@@ -193,7 +196,7 @@ def export_seq2seq_litert(
             f"for a decoder step, got {quantization!r}"
         )
     path = os.fspath(path)
-    _common.check_target(path, True, "path")
+    _common.check_target(path, overwrite, "path")
     functions = _Functions(model)
     module = tf.Module()
     module.layers = _layers(model)

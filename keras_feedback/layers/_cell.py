@@ -16,6 +16,7 @@ import keras
 import tensorflow as tf
 
 from keras_feedback import activations
+from keras_feedback._checks import check_bool
 from keras_feedback.cells import _feedback_math as math
 
 # An activation: a name, a callable, or a learnable activation instance.
@@ -175,10 +176,10 @@ class FeedbackCellBase(keras.layers.Layer):
         self.feedback_activation = activations.get(feedback_activation)
         self.output_units = output_units
         self.output_activation = activations.get(output_activation)
-        self.attention = bool(attention)
-        self.residual = bool(residual)
-        self.layer_norm = bool(layer_norm)
-        self.use_bias = bool(use_bias)
+        self.attention = check_bool("attention", attention)
+        self.residual = check_bool("residual", residual)
+        self.layer_norm = check_bool("layer_norm", layer_norm)
+        self.use_bias = check_bool("use_bias", use_bias)
         local = locals()
         for group in KERNEL_GROUPS:
             for kind, getter, _ in _KINDS:
@@ -189,7 +190,7 @@ class FeedbackCellBase(keras.layers.Layer):
                 if group != "memory" or memory_attention is not None:
                     value = getter(value)
                 setattr(self, f"{group}_{kind}", value)
-        self.unit_forget_bias = bool(unit_forget_bias)
+        self.unit_forget_bias = check_bool("unit_forget_bias", unit_forget_bias)
         self.dropout = dropout
         self.recurrent_dropout = recurrent_dropout
         self.seed = seed

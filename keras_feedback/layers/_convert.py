@@ -85,9 +85,28 @@ def _feedback_from(layer):
     keras_only_arguments(dict(config))  # a clear error, not from_config's
     converted = Feedback.from_config({**config, "core": core, "feedback_units": 0})
     if layer.built:
-        converted.build((None, None, _features(layer)))
+        states = _stateful_values(layer)
+        batch = None if states is None else states[0].shape[0]
+        converted.build((batch, None, _features(layer)))
         converted.set_weights(layer.get_weights())
+        if states is not None:
+            converted.reset_state(states)
     return converted
+
+
+def _stateful_values(layer):
+    """A built stateful Keras layer's current states (their first axis is
+    its fixed batch size), or None for a layer that is not stateful."""
+    if not layer.stateful:
+        return None
+    states = getattr(layer, "states", None)
+    if not states:
+        raise ValueError(
+            f"Layer {layer.name!r} is stateful but holds no states to take its "
+            "fixed batch size from: build it with `batch_shape=(batch, time, "
+            "features)` before converting"
+        )
+    return [keras.ops.convert_to_numpy(s) for s in keras.tree.flatten(list(states))]
 
 
 def from_keras(layer):

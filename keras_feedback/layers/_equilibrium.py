@@ -19,6 +19,7 @@ import tensorflow as tf
 from keras_feedback import engine as engines
 from keras_feedback._api import public
 from keras_feedback.layers import _equilibrium_solvers as solvers
+from keras_feedback.layers._batch import batch_checked
 from keras_feedback.layers._feedback_loop import BlockFeedback
 from keras_feedback.layers._recurrent import _PURE
 
@@ -366,7 +367,9 @@ class Equilibrium(BlockFeedback):
                     "Argument `initial_state` must have the shape of the "
                     f"fed-back signal {expected}, got {tuple(z0.shape)}"
                 )
-            return z0
+            return batch_checked(
+                "Argument `initial_state`", z0, x, check=not _PURE.get()
+            )
         if self.feedback == "concat":
             shape = tf.concat([tf.shape(x)[:-1], [self._fed_shape[-1]]], 0)
             return tf.zeros(shape, x.dtype)

@@ -12,6 +12,7 @@ import keras
 import tensorflow as tf
 
 from keras_feedback._api import public
+from keras_feedback._checks import check_bool
 
 FEEDBACK_MODES = ("concat", "add", "gate")
 
@@ -470,7 +471,7 @@ class FeedbackLoop(BlockFeedback):
             **kwargs,
         )
         self.iterations = iterations
-        self.return_iterations = bool(return_iterations)
+        self.return_iterations = check_bool("return_iterations", return_iterations)
         self.feedback_enabled = True
 
     # --- the loop ------------------------------------------------------------------

@@ -9,6 +9,9 @@ the shape checks of a ``(batch, time)`` mask, the call's and the memory's.
 
 import tensorflow as tf
 
+from keras_feedback.engine._masking import zero_masked
+from keras_feedback.layers._batch import batch_checked
+
 # (argument, axes, what it must fit) of the memory's mask.
 _MEMORY_MASK = ("memory_mask", "batch, memory_time", "memory")
 
@@ -81,10 +84,10 @@ class MemoryCalls:
         if memory_mask_shape is not None:
             check_mask_shape(*_MEMORY_MASK, memory_mask_shape, memory_shape)
 
-    def _memory_params(self, params, memory, memory_mask, batch=None, check=True):
-        """``params`` with the memory (checked, compute dtype, ``batch`` rows
-        when known) and its keys, or as they are when the cell has no memory
-        attention. ``check``: assert a dynamic mask shape in the graph."""
+    def _memory_params(self, params, memory, memory_mask, inputs=None, check=True):
+        """``params`` with the memory (checked, compute dtype, one row per
+        row of ``inputs``) and its keys, or as they are when the cell has no
+        memory attention. ``check``: assert dynamic shapes in the graph."""
         if memory is None and not getattr(self.cell, "memory_attention", None):
             if memory_mask is not None:
                 raise ValueError("Argument `memory_mask` was given without `memory`")
@@ -98,14 +101,12 @@ class MemoryCalls:
             None if memory is None else memory.shape,
             None if memory_mask is None else memory_mask.shape,
         )
-        rows = memory.shape[0]
-        if batch is not None and rows is not None and rows != batch:
-            raise ValueError(
-                f"Argument `memory` must have one row per input row: batch "
-                f"{batch}, got a memory of shape {tuple(memory.shape)}"
-            )
+        if inputs is not None:
+            memory = batch_checked("Argument `memory`", memory, inputs, check)
         if memory_mask is not None and check:
             memory_mask = asserted_mask_shape(*_MEMORY_MASK, memory_mask, memory)
+            # Padding in the memory reaches no output or gradient.
+            memory = zero_masked(memory, memory_mask)
         return self.cell.memory_params(params, memory, memory_mask)
 
     def _alignment(self, params, traces, mask):

@@ -24,8 +24,11 @@ import numpy as np
 import tensorflow as tf
 
 from keras_feedback import engine as engines
+from keras_feedback._checks import check_bool
 from keras_feedback.engine import _masking
 from keras_feedback.engine._buckets import check_buckets
+from keras_feedback.layers._batch import batch_checked
+from keras_feedback.layers._batch import batch_words
 from keras_feedback.layers._memory import MemoryCalls
 from keras_feedback.layers._memory import asserted_mask_shape
 from keras_feedback.layers._memory import check_mask_shape
@@ -76,13 +79,15 @@ class FeedbackRNN(MemoryCalls, keras.layers.Layer):
         engines.check_name(engine)
         time_buckets = check_buckets(time_buckets)
         super().__init__(**kwargs)
-        self.return_sequences = bool(return_sequences)
-        self.return_state = bool(return_state)
-        self.go_backwards = bool(go_backwards)
-        self.stateful = bool(stateful)
-        self.unroll = bool(unroll)
-        self.return_trace = bool(return_trace)
-        self.zero_output_for_mask = bool(zero_output_for_mask)
+        self.return_sequences = check_bool("return_sequences", return_sequences)
+        self.return_state = check_bool("return_state", return_state)
+        self.go_backwards = check_bool("go_backwards", go_backwards)
+        self.stateful = check_bool("stateful", stateful)
+        self.unroll = check_bool("unroll", unroll)
+        self.return_trace = check_bool("return_trace", return_trace)
+        self.zero_output_for_mask = check_bool(
+            "zero_output_for_mask", zero_output_for_mask
+        )
         self.engine = engine
         self.time_buckets = time_buckets
         self.supports_masking = True
@@ -201,16 +206,18 @@ class FeedbackRNN(MemoryCalls, keras.layers.Layer):
                 variable.assign(tf.zeros_like(variable))
             return
         batch = self._state_variables[0].shape[0]
-        for variable, value in zip(
-            self._state_variables, self._check_states(states, batch, "states")
-        ):
+        checked = self._check_states(
+            states, batch, "states", against="the layer's stored states"
+        )
+        for variable, value in zip(self._state_variables, checked):
             variable.assign(tf.cast(value, variable.dtype))
 
     reset_states = reset_state
 
-    def _check_states(self, states, batch, argument):
+    def _check_states(self, states, reference, argument, against="the inputs"):
         """``states`` (a list in ``state_names`` order, or a dict by those
-        names) as engine-layout tensors of the compute dtype."""
+        names) as engine-layout tensors of the compute dtype, each with one
+        row per row of ``reference`` (the inputs, or a batch size)."""
         cell, names = self.cell, self.cell.state_names
         if isinstance(states, dict):
             if set(states) != set(names):
@@ -228,19 +235,24 @@ class FeedbackRNN(MemoryCalls, keras.layers.Layer):
                 f"Argument `{argument}` must hold {len(names)} tensors of sizes "
                 f"{cell.state_size} ({', '.join(names)}), got {len(states)}"
             )
+        batch = reference if isinstance(reference, int) else reference.shape[0]
         checked = []
         for i, (state, shape) in enumerate(zip(states, cell.state_shapes)):
             state = tf.convert_to_tensor(state)
             known = state.shape
-            if (
-                known.rank != len(shape) + 1
-                or tuple(known[1:]) != tuple(shape)
-                or (batch is not None and known[0] is not None and known[0] != batch)
-            ):
+            if known.rank != len(shape) + 1 or tuple(known[1:]) != tuple(shape):
                 raise ValueError(
                     f"Argument `{argument}`[{i}] ({names[i]}) must have shape "
                     f"{(batch, *shape)}, got {tuple(known)}"
                 )
+            what = f"Argument `{argument}`[{i}] ({names[i]})"
+            state = batch_checked(
+                what,
+                state,
+                reference,
+                check=not _PURE.get(),
+                words=batch_words(what, against),
+            )
             checked.append(cell.to_engine(tf.cast(state, self.compute_dtype)))
         return checked
 
@@ -256,17 +268,27 @@ class FeedbackRNN(MemoryCalls, keras.layers.Layer):
             mask = asserted_mask_shape(*axes, mask, sequences)
         return tf.cast(mask, tf.bool)
 
-    def _check_batch(self, batch):
-        """A stateful layer's batch must be the one it was built for."""
+    def _stored_states(self, sequences):
+        """A stateful layer's states, checked to fit the batch of
+        ``sequences`` (the one it was built for)."""
         fixed = self._state_variables[0].shape[0]
-        if batch is not None and batch != fixed:
-            raise ValueError(
-                f"A stateful {type(self).__name__} layer ({self.name!r}) was built "
-                f"for batch size {fixed} and got inputs with batch size {batch}: "
-                f"feed batches of {fixed}, or build a new layer (or model) with "
-                f"`batch_shape=({batch}, ...)` and copy the weights with "
-                "`set_weights`"
+        words = (
+            f"A stateful {type(self).__name__} layer ({self.name!r}) was built for "
+            "batch size {rows} and got inputs with batch size {batch}: feed "
+            f"batches of {fixed} (in predict, evaluate and fit, a number of rows "
+            f"that is a multiple of {fixed}: drop or pad the last rows), or build "
+            "a new layer (or model) with `batch_shape=({batch}, ...)` and copy "
+            "the weights with `set_weights`"
+        )
+        return [
+            batch_checked(
+                "stored states",
+                tf.cast(v.value, self.compute_dtype),
+                sequences,
+                words=words,
             )
+            for v in self._state_variables
+        ]
 
     def _start_states(self, initial_state, sequences):
         """The states a call starts from, engine layout, compute dtype."""
@@ -279,11 +301,10 @@ class FeedbackRNN(MemoryCalls, keras.layers.Layer):
                 )
             if _PURE.get():
                 return self.snapshot_states(batch)
-            self._check_batch(sequences.shape[0])
-            return [tf.cast(v.value, self.compute_dtype) for v in self._state_variables]
+            return self._stored_states(sequences)
         if initial_state is None:
             return self._zero_states(batch)
-        return self._check_states(initial_state, sequences.shape[0], "initial_state")
+        return self._check_states(initial_state, sequences, "initial_state")
 
     def _cast_inputs(self, inputs):
         """Inputs in the compute dtype: ints and bools are cast, as Keras's
@@ -307,11 +328,13 @@ class FeedbackRNN(MemoryCalls, keras.layers.Layer):
         cell = self.cell
         sequences = self._cast_inputs(sequences)
         mask = self._check_mask(mask, sequences)
+        if mask is not None and not _PURE.get():
+            sequences = _masking.zero_masked(sequences, mask)
         states = self._start_states(initial_state, sequences)
         batch = tf.shape(sequences)[0]
         params, per_example = cell.engine_params(training, batch)
         params = self._memory_params(
-            params, memory, memory_mask, sequences.shape[0], not _PURE.get()
+            params, memory, memory_mask, sequences, not _PURE.get()
         )
         if "memory" in params and per_example is not None:
             per_example = (*per_example, "memory")
@@ -445,11 +468,23 @@ class FeedbackRNN(MemoryCalls, keras.layers.Layer):
                 f"(batch, {', '.join(map(str, expected))}), got "
                 f"{tuple(inputs.shape)}"
             )
-        old = self._check_states(states, inputs.shape[0], "states")
+        old = self._check_states(states, inputs, "states")
+        if mask is not None:
+            mask = tf.convert_to_tensor(mask)
+            if mask.shape.rank != 1:
+                raise ValueError(
+                    f"Argument `mask` of step must have shape (batch,) = "
+                    f"({inputs.shape[0]},), got {tuple(mask.shape)}"
+                )
+            mask = batch_checked(
+                "Argument `mask`", tf.cast(mask, tf.bool), inputs, not _PURE.get()
+            )
+            if not _PURE.get():
+                sequences = _masking.zero_masked(inputs, mask)[:, None]
         batch = tf.shape(inputs)[0]
         params, _ = cell.engine_params(training, batch)
         params = self._memory_params(
-            params, memory, memory_mask, inputs.shape[0], not _PURE.get()
+            params, memory, memory_mask, inputs, not _PURE.get()
         )
         recurrence = cell.recurrence()
         projected = cell.engine_inputs(params, cell.input_dropout(sequences, training))
@@ -458,17 +493,7 @@ class FeedbackRNN(MemoryCalls, keras.layers.Layer):
         output, new, _ = recurrence.step(params, projected[:, 0], old)
         new = list(new)
         if mask is not None:
-            mask = tf.convert_to_tensor(mask)
-            if mask.shape.rank != 1 or not (
-                mask.shape[0] is None
-                or inputs.shape[0] is None
-                or mask.shape[0] == inputs.shape[0]
-            ):
-                raise ValueError(
-                    f"Argument `mask` of step must have shape (batch,) = "
-                    f"({inputs.shape[0]},), got {tuple(mask.shape)}"
-                )
-            keep = tf.reshape(tf.cast(mask, tf.bool), [-1, 1])
+            keep = tf.reshape(mask, [-1, 1])
             new = _masking.keep(keep, new, old)
             if previous_output is None:
                 previous = cell.readout(params, old)

@@ -44,7 +44,11 @@ class DecodeResult(NamedTuple):
             ``max_length`` when it never came).
         scores: ``(batch,)`` (or ``(batch, beam_width)``) float32: the sum of
             the chosen tokens' log-probabilities; for ``beam_search``
-            divided by the length penalty.
+            divided by the length penalty. A beam search with fewer possible
+            outputs than ``beam_width`` (a vocabulary smaller than the width
+            and ``max_length`` 1, or tokens of probability 0) marks each
+            beam it could not fill: score ``-inf``, length 0, every token
+            ``end_token``.
     """
 
     tokens: tf.Tensor
@@ -69,10 +73,13 @@ def _check_token(name, value):
 
 def _batch_size(states, context):
     for tensor in tf.nest.flatten((states, context)):
-        return tf.shape(tensor)[0]
+        if tensor is not None:
+            return tf.shape(tensor)[0]
     raise ValueError(
         "Arguments `initial_states` and `context` hold no tensor: the batch "
-        "size is unknown"
+        f"size is unknown. Got initial_states={states!r}, context={context!r}; "
+        "expected a nest of (batch, ...) tensors in `initial_states` (a "
+        "stateless step function can pass tf.zeros([batch, 0]))"
     )
 
 
@@ -101,27 +108,40 @@ def _compiled(factory, jit_compile, *options):
     )
 
 
-def _check_common(start_token, end_token, max_length):
+def _check_common(start_token, end_token, max_length, initial_states, context):
     _check_token("start_token", start_token)
     _check_token("end_token", end_token)
     _check_positive("max_length", max_length)
+    _batch_size(initial_states, context)
 
 
-def _check_vocabulary(logits, end_token):
+def _check_vocabulary(logits, end_token, start_token, top_k=None):
+    """Every token argument must be a token of the logits' vocabulary."""
     size = logits.shape[-1]
     if logits.shape.rank != 2:
         raise ValueError(
             "`step_fn` must return logits of shape (batch, vocabulary), got "
             f"{tuple(logits.shape)}"
         )
-    if size is not None and end_token >= size:
+    if size is None:
+        return
+    for name, token in (("start_token", start_token), ("end_token", end_token)):
+        if token >= size:
+            raise ValueError(
+                f"Argument `{name}`={token} is not a token of the vocabulary of "
+                f"{size} the step function's logits have: expected 0 <= "
+                f"{name} < {size}"
+            )
+    if top_k is not None and top_k > size:
         raise ValueError(
-            f"Argument `end_token`={end_token} is not a token of the "
-            f"vocabulary of {size} the step function's logits have"
+            f"Argument `top_k`={top_k} is larger than the vocabulary of {size} "
+            f"the step function's logits have: expected 1 <= top_k <= {size}"
         )
 
 
-def _pick_loop(step_fn, states, context, start_token, end_token, max_length, pick):
+def _pick_loop(
+    step_fn, states, context, start_token, end_token, max_length, pick, top_k=None
+):
     """The loop of greedy decoding and sampling: ``pick(t, log_probs)``
     chooses a token per row."""
     batch = _batch_size(states, context)
@@ -134,7 +154,7 @@ def _pick_loop(step_fn, states, context, start_token, end_token, max_length, pic
 
     def body(t, previous, states, tokens, finished, lengths, scores):
         logits, new_states = step_fn(previous, states, context)
-        _check_vocabulary(logits, end_token)
+        _check_vocabulary(logits, end_token, start_token, top_k)
         log_probs = _log_probs(logits)
         chosen = tf.cast(pick(t, log_probs), tf.int32)
         chosen = tf.where(finished, tf.constant(end_token, tf.int32), chosen)
@@ -194,7 +214,7 @@ def greedy_decode(
     >>> result.tokens.numpy().tolist(), result.lengths.numpy().tolist()
     ([[1, 2, 0, 0, 0]], [3])
     """
-    _check_common(start_token, end_token, max_length)
+    _check_common(start_token, end_token, max_length, initial_states, context)
     decode = _compiled(
         _greedy, jit_compile, step_fn, start_token, end_token, max_length
     )
@@ -268,7 +288,7 @@ def sample(
         A ``DecodeResult``; ``scores`` are the log-probabilities of the drawn
         tokens under the step's unfiltered distribution.
     """
-    _check_common(start_token, end_token, max_length)
+    _check_common(start_token, end_token, max_length, initial_states, context)
     if isinstance(temperature, bool) or not (
         isinstance(temperature, (int, float)) and temperature > 0
     ):
@@ -299,7 +319,7 @@ def _sampling(step_fn, start_token, end_token, max_length, temperature, top_k, t
             return tf.random.stateless_categorical(scaled, 1, step_seed)[:, 0]
 
         return _pick_loop(
-            step_fn, states, context, start_token, end_token, max_length, pick
+            step_fn, states, context, start_token, end_token, max_length, pick, top_k
         )
 
     return decode
@@ -353,7 +373,7 @@ def beam_search(
         A ``DecodeResult`` with ``(batch, beam_width, max_length)`` tokens,
         best beam first, and the beams' penalised scores.
     """
-    _check_common(start_token, end_token, max_length)
+    _check_common(start_token, end_token, max_length, initial_states, context)
     _check_positive("beam_width", beam_width)
     if isinstance(length_penalty_weight, bool) or not (
         isinstance(length_penalty_weight, (int, float)) and length_penalty_weight >= 0
@@ -386,7 +406,7 @@ def _beam(step_fn, start_token, end_token, max_length, width, length_penalty_wei
         def body(t, previous, states, tokens, finished, lengths, log_probs):
             tokens_in, finished_in, lengths_in = tokens, finished, lengths
             logits, new_states = step_fn(previous, states, context)
-            _check_vocabulary(logits, end_token)
+            _check_vocabulary(logits, end_token, start_token)
             step_log_probs = _log_probs(logits)
             vocabulary = tf.shape(step_log_probs)[-1]
             step_log_probs = tf.reshape(step_log_probs, [batch, width, -1])
@@ -430,11 +450,15 @@ def _beam(step_fn, start_token, end_token, max_length, width, length_penalty_wei
         # Ranked as the last step's selection left them; sorted again so that
         # equal scores keep that order whatever the loop's last step was.
         order = tf.argsort(scores, axis=-1, direction="DESCENDING", stable=True)
-        return DecodeResult(
-            tf.gather(tokens, order, batch_dims=1),
-            tf.gather(lengths, order, batch_dims=1),
-            tf.gather(scores, order, batch_dims=1),
-        )
+        tokens = tf.gather(tokens, order, batch_dims=1)
+        lengths = tf.gather(lengths, order, batch_dims=1)
+        scores = tf.gather(scores, order, batch_dims=1)
+        # Fewer hypotheses than beams: the unreachable beams are marked
+        # (score -inf, length 0, only end_token), never a real beam repeated.
+        reachable = tf.math.is_finite(scores)
+        tokens = tf.where(reachable[..., None], tokens, end)
+        lengths = tf.where(reachable, lengths, 0)
+        return DecodeResult(tokens, lengths, scores)
 
     return decode
 

@@ -22,6 +22,7 @@ import keras
 import tensorflow as tf
 
 from keras_feedback._api import public
+from keras_feedback._checks import check_bool
 
 
 def _check_weight(name, value):
@@ -132,7 +133,7 @@ class IterationLoss(keras.losses.Loss):
         self.weights = weights
         self.aux_weight = aux_weight
         self.main_weight = main_weight
-        self.shared_target = bool(shared_target)
+        self.shared_target = check_bool("shared_target", shared_target)
 
     def _iteration_weights(self, iterations, dtype):
         if self.weights is None:
@@ -248,7 +249,7 @@ class IterationMetric(keras.metrics.Metric):
         super().__init__(name=name or f"{inner.name}_{suffix}", dtype=dtype)
         self.metric = inner
         self.iteration = iteration
-        self.shared_target = bool(shared_target)
+        self.shared_target = check_bool("shared_target", shared_target)
 
     def update_state(self, y_true, y_pred, sample_weight=None):
         y_pred = tf.convert_to_tensor(y_pred)

@@ -37,6 +37,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_feedback._api import public
+from keras_feedback._checks import check_bool
 from keras_feedback.engine import _masking
 from keras_feedback.layers import Feedback
 
@@ -439,7 +440,7 @@ class GradientFlow(keras.callbacks.Callback):
         self.layer = layer
         self.log_dir = log_dir
         self.heatmap_path = heatmap_path
-        self.jacobian = bool(jacobian)
+        self.jacobian = check_bool("jacobian", jacobian)
         self.loss = loss
         self.steps = []
         self.reports = []
