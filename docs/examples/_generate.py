@@ -108,7 +108,9 @@ def write_index():
     rows = []
     for name in TITLES:
         summary, _ = docstring_markdown((EXAMPLES / f"{name}.py").read_text())
-        rows.append(f"| [{TITLES[name]}]({name}.md) | {summary} |")
+        _, colon, rest = summary.partition(": ")
+        shows = rest[:1].upper() + rest[1:] if colon else summary
+        rows.append(f"| [{TITLES[name]}]({name}.md) | {shows} |")
     (PAGES / "index.md").write_text(
         "\n".join(
             [
