@@ -211,6 +211,7 @@ class ErrorTally:
 
     Example:
 
+    >>> from keras_feedback.export import ErrorTally
     >>> tally = ErrorTally()
     >>> _ = tally.add("y", [1.0, float("nan")], [1.0, 2.0])
     >>> tally.max_rel, tally.within(1e-4)
@@ -302,6 +303,7 @@ def json_report(report: Any, **dump_options: Any) -> str:
 
     Example:
 
+    >>> from keras_feedback.export import json_report
     >>> json_report({"max_rel_error": float("inf"), "within_tolerance": False})
     '{"max_rel_error": "inf", "within_tolerance": false}'
     """

@@ -312,8 +312,9 @@ class Feedback(FeedbackRNN):
         same configuration (``return_sequences``, ``go_backwards``,
         ``stateful``, dropout, initializers, dtype policy, name, ...) and,
         when the Keras layer is built, a copy of its weights: the outputs
-        are the same. ``keras_feedback.layers.convert(model)`` does it for
-        every such layer of a model.
+        are the same. A built stateful layer keeps its fixed batch size and
+        its current states. ``keras_feedback.layers.convert(model)`` does it
+        for every such layer of a model.
 
         Args:
             layer: a Keras ``SimpleRNN``, ``GRU`` (``reset_after=True``,
