@@ -18,12 +18,26 @@ access).
 """
 
 import argparse
+import os
+import sys
 
-import keras
-import numpy as np
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import _example_utils as utils  # noqa: E402  (before TensorFlow: quiet start)
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
 
-import keras_feedback
-from keras_feedback.training._synthetic_images import load_image_data
+import keras_feedback  # noqa: E402
+from keras_feedback.training._synthetic_images import load_image_data  # noqa: E402
+
+EPILOG = """\
+data: a built-in synthetic task made in numpy (4,000 training and 1,000
+  held-out 8x8 images of 5 noisy line shapes; no download), or mnist/cifar10
+  prepared in --data-dir.
+runtime at defaults: about RUNTIME on a 2-core CPU.
+trivial baseline: always predicting the training split's most frequent
+  class, scored on the held-out test images (accuracy about 0.2).
+writes: iterations.png (held-out accuracy at every iteration) and
+  learning_curve.png into --out."""
 
 DATASETS = ("synthetic", "mnist", "cifar10")
 
@@ -67,7 +81,11 @@ def iteration_accuracies(model, x, y, batch_size=256):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0],
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--dataset", choices=DATASETS, default="synthetic")
     parser.add_argument("--data-dir", default=None, help="TFDS data folder")
     parser.add_argument(
@@ -97,12 +115,20 @@ def main(argv=None):
     )
     parser.add_argument("--jit", action="store_true", help="compile with XLA")
     parser.add_argument("--seed", type=int, default=0)
+    utils.add_common_arguments(parser, "iterative_feedback_images")
     args = parser.parse_args(argv)
 
     keras.utils.set_random_seed(args.seed)
-    (x, y), (x_test, y_test), num_classes = load_image_data(
-        args.dataset, args.data_dir, args.max_examples, args.seed
-    )
+    if args.dataset == "synthetic":
+        print("data: the built-in synthetic line shapes (numpy, no download)")
+        (x, y), (x_test, y_test), num_classes = load_image_data(
+            args.dataset, args.data_dir, args.max_examples, args.seed
+        )
+    else:
+        with utils.quiet_data(args.dataset, args.data_dir, generated=False):
+            (x, y), (x_test, y_test), num_classes = load_image_data(
+                args.dataset, args.data_dir, args.max_examples, args.seed
+            )
     print(
         f"{args.dataset}: {len(x)} training and {len(x_test)} test images "
         f"{x.shape[1:]}, {num_classes} classes"
@@ -125,6 +151,7 @@ def main(argv=None):
     )
     before = iteration_accuracies(model, x_test, y_test)
     fit = dict(batch_size=args.batch_size, verbose=2)
+    history = None
     if args.staged:
         third = max(args.epochs // 3, 1)
         keras_feedback.training.staged_fit(
@@ -143,12 +170,53 @@ def main(argv=None):
             **fit,
         )
     else:
-        model.fit(x, y, epochs=args.epochs, **fit)
+        history = model.fit(x, y, epochs=args.epochs, **fit).history
     after = iteration_accuracies(model, x_test, y_test)
-    print("test accuracy per iteration:")
+    print("held-out accuracy per iteration:")
     for k, (a, b) in enumerate(zip(before, after), start=1):
         print(f"  iteration {k}: {b:.3f}  (before training {a:.3f})")
-    return {"accuracy_before": before, "accuracy": after}
+    baseline = utils.majority_accuracy(y, y_test)
+    result = utils.report(
+        f"accuracy at the last iteration ({args.iterations})",
+        after[-1],
+        baseline,
+        "always predicting the most frequent training class",
+        higher_is_better=True,
+    )
+    print(
+        f"iterations help: {'yes' if after[-1] > after[0] else 'NO'} "
+        f"(iteration 1 {after[0]:.3f}, iteration {args.iterations} {after[-1]:.3f})"
+    )
+    if not args.no_plot:
+        plot_iterations(
+            before, after, baseline, os.path.join(args.out, "iterations.png")
+        )
+        if history is not None:
+            utils.plot_curves(
+                os.path.join(args.out, "learning_curve.png"),
+                {
+                    f"iteration {k + 1} (training)": history[metric.name]
+                    for k, metric in enumerate(metrics)
+                    if metric.name in history
+                },
+                "training accuracy",
+            )
+    return {**result, "accuracy_before": before, "accuracy": after}
+
+
+def plot_iterations(before, after, baseline, path):
+    """Held-out accuracy at every iteration, before and after training."""
+    plt = utils.pyplot()
+    figure, axes = plt.subplots(figsize=(5, 3.5))
+    iterations = range(1, len(after) + 1)
+    axes.plot(iterations, after, marker="o", label="trained")
+    axes.plot(iterations, before, marker=".", label="before training")
+    axes.axhline(baseline, color="grey", linestyle="--", label="majority class")
+    axes.set_xticks(list(iterations))
+    axes.set_xlabel("iteration")
+    axes.set_ylabel("held-out accuracy")
+    axes.legend()
+    utils.save(figure, path)
 
 
 if __name__ == "__main__":
