@@ -127,14 +127,30 @@ def test_keras_configs_build_feedback_layers(rng):
     "arguments,match",
     [
         ({"reset_after": False}, "Argument `reset_after`.*reset_after=False"),
-        ({"use_cudnn": True}, "Argument `use_cudnn`.*never cuDNN"),
-        ({"implementation": 3}, "Argument `implementation` must be 1 or 2 .*got 3"),
+        ({"use_cudnn": "yes"}, "Argument `use_cudnn` must be 'auto', True or False"),
         ({"time_major": True}, "Argument `time_major`.*time_major=True"),
     ],
 )
 def test_keras_only_arguments_refused_with_the_reason(arguments, match):
     with pytest.raises(ValueError, match=match):
         Feedback(4, feedback_units=0, core="gru", **arguments)
+
+
+def test_keras_compatibility_arguments_as_keras_takes_them(rng):
+    x, _ = _data(rng)
+    # A legacy `implementation` of any value is accepted and ignored.
+    for implementation in (0, 1, 2, 3):
+        layer = Feedback(4, feedback_units=0, core="gru", implementation=implementation)
+        assert layer(x).shape == (x.shape[0], 4)
+        assert "implementation" not in layer.get_config()
+    # use_cudnn is kept with Keras's values (Bidirectional copies it) ...
+    for value in ("auto", False, True):
+        assert Feedback(4, use_cudnn=value).use_cudnn == value
+    wrapped = keras.layers.Bidirectional(Feedback(4, use_cudnn=False))
+    assert wrapped.forward_layer.use_cudnn is False
+    # ... and True fails when called, with Keras's advice (no cuDNN here).
+    with pytest.raises(ValueError, match="Pass use_cudnn='auto' to fallback"):
+        Feedback(4, use_cudnn=True)(x)
 
 
 def test_bad_inputs_and_keras_weight_files(tmp_path):

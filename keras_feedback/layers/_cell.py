@@ -7,7 +7,6 @@ the convolutional one), draws dropout masks, serialises the config, and
 describes the step to the engine (``recurrence``). It never loops over time.
 """
 
-from typing import Any
 from typing import Callable
 from typing import Optional
 from typing import Union
@@ -21,6 +20,10 @@ from keras_feedback.cells import _feedback_math as math
 
 # An activation: a name, a callable, or a learnable activation instance.
 ActivationLike = Union[str, Callable, None]
+# What keras.initializers.get / regularizers.get / constraints.get take.
+InitializerLike = Union[str, dict, keras.initializers.Initializer, Callable]
+RegularizerLike = Union[str, dict, keras.regularizers.Regularizer, Callable, None]
+ConstraintLike = Union[str, dict, keras.constraints.Constraint, Callable, None]
 # Weight groups: name -> (initializer/regularizer/constraint argument prefix).
 KERNEL_GROUPS = (
     "kernel",
@@ -122,27 +125,27 @@ class FeedbackCellBase(keras.layers.Layer):
         residual: bool = False,
         layer_norm: bool = False,
         use_bias: bool = True,
-        kernel_initializer: Any = "glorot_uniform",
-        recurrent_initializer: Any = "orthogonal",
-        feedback_initializer: Any = "glorot_uniform",
-        attention_initializer: Any = "glorot_uniform",
-        output_initializer: Any = "glorot_uniform",
-        memory_initializer: Any = "glorot_uniform",
-        bias_initializer: Any = "zeros",
-        kernel_regularizer: Any = None,
-        recurrent_regularizer: Any = None,
-        feedback_regularizer: Any = None,
-        attention_regularizer: Any = None,
-        output_regularizer: Any = None,
-        memory_regularizer: Any = None,
-        bias_regularizer: Any = None,
-        kernel_constraint: Any = None,
-        recurrent_constraint: Any = None,
-        feedback_constraint: Any = None,
-        attention_constraint: Any = None,
-        output_constraint: Any = None,
-        memory_constraint: Any = None,
-        bias_constraint: Any = None,
+        kernel_initializer: InitializerLike = "glorot_uniform",
+        recurrent_initializer: InitializerLike = "orthogonal",
+        feedback_initializer: InitializerLike = "glorot_uniform",
+        attention_initializer: InitializerLike = "glorot_uniform",
+        output_initializer: InitializerLike = "glorot_uniform",
+        memory_initializer: InitializerLike = "glorot_uniform",
+        bias_initializer: InitializerLike = "zeros",
+        kernel_regularizer: RegularizerLike = None,
+        recurrent_regularizer: RegularizerLike = None,
+        feedback_regularizer: RegularizerLike = None,
+        attention_regularizer: RegularizerLike = None,
+        output_regularizer: RegularizerLike = None,
+        memory_regularizer: RegularizerLike = None,
+        bias_regularizer: RegularizerLike = None,
+        kernel_constraint: ConstraintLike = None,
+        recurrent_constraint: ConstraintLike = None,
+        feedback_constraint: ConstraintLike = None,
+        attention_constraint: ConstraintLike = None,
+        output_constraint: ConstraintLike = None,
+        memory_constraint: ConstraintLike = None,
+        bias_constraint: ConstraintLike = None,
         unit_forget_bias: bool = True,
         dropout: float = 0.0,
         recurrent_dropout: float = 0.0,
@@ -180,10 +183,29 @@ class FeedbackCellBase(keras.layers.Layer):
         self.residual = check_bool("residual", residual)
         self.layer_norm = check_bool("layer_norm", layer_norm)
         self.use_bias = check_bool("use_bias", use_bias)
-        local = locals()
-        for group in KERNEL_GROUPS:
-            for kind, getter, _ in _KINDS:
-                value = local[f"{group}_{kind}"]
+        groups = {
+            "kernel": (kernel_initializer, kernel_regularizer, kernel_constraint),
+            "recurrent": (
+                recurrent_initializer,
+                recurrent_regularizer,
+                recurrent_constraint,
+            ),
+            "feedback": (
+                feedback_initializer,
+                feedback_regularizer,
+                feedback_constraint,
+            ),
+            "attention": (
+                attention_initializer,
+                attention_regularizer,
+                attention_constraint,
+            ),
+            "output": (output_initializer, output_regularizer, output_constraint),
+            "memory": (memory_initializer, memory_regularizer, memory_constraint),
+            "bias": (bias_initializer, bias_regularizer, bias_constraint),
+        }
+        for group, values in groups.items():
+            for (kind, getter, _), value in zip(_KINDS, values):
                 # Without memory attention its arguments stay as given: making
                 # an initializer draws a seed from Python's random module,
                 # which would change every later layer's initial weights.

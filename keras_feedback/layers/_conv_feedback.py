@@ -7,8 +7,9 @@ cell, as Keras pairs ``ConvLSTMCell`` with ``ConvLSTM2D``. The engines carry
 flattened maps; the cell converts at the boundary.
 """
 
-import inspect
+from typing import Any
 from typing import Optional
+from typing import Sequence
 from typing import Tuple
 from typing import Union
 
@@ -18,10 +19,12 @@ import tensorflow as tf
 from keras_feedback._api import public
 from keras_feedback.cells import _conv_feedback_math as conv_math
 from keras_feedback.cells import _feedback_math as math
-from keras_feedback.layers._cell import MEMORY_ARGS
+from keras_feedback.layers._cell import ActivationLike
+from keras_feedback.layers._cell import ConstraintLike
 from keras_feedback.layers._cell import FeedbackCellBase
+from keras_feedback.layers._cell import InitializerLike
+from keras_feedback.layers._cell import RegularizerLike
 from keras_feedback.layers._recurrent import FeedbackRNN
-from keras_feedback.layers._recurrent import spelled_out_signature
 
 _DATA_FORMATS = ("channels_last", "channels_first")
 
@@ -238,16 +241,6 @@ class ConvFeedbackCell(FeedbackCellBase):
         }
 
 
-_SIZES = ("units", "feedback_units", "output_units")
-_CELL_ARGS = tuple(inspect.signature(ConvFeedbackCell.__init__).parameters)[
-    3:-1
-] + tuple(
-    n
-    for n in tuple(inspect.signature(FeedbackCellBase.__init__).parameters)[1:-1]
-    if n not in _SIZES and n not in MEMORY_ARGS
-)
-
-
 @public("keras_feedback.layers.ConvFeedback2D")
 class ConvFeedback2D(FeedbackRNN):
     """Convolutional feedback-recurrent layer over sequences of images.
@@ -286,17 +279,35 @@ class ConvFeedback2D(FeedbackRNN):
         feedback_filters: non-negative int, channels of the feedback maps
             ``c``. Defaults to ``filters``; ``0`` removes the feedback loop.
         core: ``"simple"``, ``"gru"`` or ``"lstm"``.
-        activation, recurrent_activation, feedback_activation, output_activation: as in ``keras_feedback.layers.FeedbackCell``,
-            learnable ``keras_feedback.activations.ParametricActivation``
+        activation: activation of the core (candidate for gru/lstm), as in
+            ``keras_feedback.layers.FeedbackCell``; learnable activations
             included (per-unit parameters follow the channels).
+        recurrent_activation: activation of the gru/lstm gates.
+        feedback_activation: activation ``σ`` of the feedback maps.
+        output_activation: ``g`` of the output readout, default linear.
         output_filters: optional positive int, adds the 1x1 output readout.
         attention: bool, adds the per-pixel gate ``α_t``.
         residual: bool, ``h_t = h_{t-1} + f(...)``.
         layer_norm: bool, normalises each pixel's new hidden channels.
         use_bias: bool.
-        kernel_initializer, ..., bias_constraint: the weight groups of
-            ``FeedbackCell`` (``kernel``, ``recurrent``, ``feedback``,
-            ``attention``, ``output``, ``bias``).
+        kernel_initializer: initializer of the input kernel ``W_x`` (default ``"glorot_uniform"``).
+        recurrent_initializer: initializer of the recurrent kernel ``U_h`` (default ``"orthogonal"``).
+        feedback_initializer: initializer of the feedback kernels ``W_c`` and ``U_c`` (default ``"glorot_uniform"``).
+        attention_initializer: initializer of the attention kernel ``W_α`` (default ``"glorot_uniform"``).
+        output_initializer: initializer of the output kernel ``W_y`` (default ``"glorot_uniform"``).
+        bias_initializer: initializer of every bias (default ``"zeros"``).
+        kernel_regularizer: optional regularizer of the input kernel ``W_x``.
+        recurrent_regularizer: optional regularizer of the recurrent kernel ``U_h``.
+        feedback_regularizer: optional regularizer of the feedback kernels ``W_c`` and ``U_c``.
+        attention_regularizer: optional regularizer of the attention kernel ``W_α``.
+        output_regularizer: optional regularizer of the output kernel ``W_y``.
+        bias_regularizer: optional regularizer of every bias.
+        kernel_constraint: optional constraint of the input kernel ``W_x``.
+        recurrent_constraint: optional constraint of the recurrent kernel ``U_h``.
+        feedback_constraint: optional constraint of the feedback kernels ``W_c`` and ``U_c``.
+        attention_constraint: optional constraint of the attention kernel ``W_α``.
+        output_constraint: optional constraint of the output kernel ``W_y``.
+        bias_constraint: optional constraint of every bias.
         unit_forget_bias: bool, lstm only: forget-gate bias starts at 1.
         dropout: float in [0, 1), on the inputs (one mask for all steps).
         recurrent_dropout: float in [0, 1), on ``h_{t-1}`` in the recurrent
@@ -343,15 +354,112 @@ class ConvFeedback2D(FeedbackRNN):
         Shi et al., "Convolutional LSTM Network", NeurIPS 2015.
     """
 
-    def __init__(self, filters, kernel_size, **kwargs):
-        cell_kwargs = {k: kwargs.pop(k) for k in _CELL_ARGS if k in kwargs}
-        super().__init__(**kwargs)
+    def __init__(
+        self,
+        filters: int,
+        kernel_size: Union[int, Tuple[int, int]],
+        strides: Union[int, Tuple[int, int]] = 1,
+        padding: str = "valid",
+        data_format: Optional[str] = None,
+        dilation_rate: Union[int, Tuple[int, int]] = 1,
+        feedback_filters: Optional[int] = None,
+        core: str = "gru",
+        activation: ActivationLike = "tanh",
+        recurrent_activation: ActivationLike = "sigmoid",
+        feedback_activation: ActivationLike = "sigmoid",
+        output_filters: Optional[int] = None,
+        output_activation: ActivationLike = None,
+        attention: bool = False,
+        residual: bool = False,
+        layer_norm: bool = False,
+        use_bias: bool = True,
+        kernel_initializer: InitializerLike = "glorot_uniform",
+        recurrent_initializer: InitializerLike = "orthogonal",
+        feedback_initializer: InitializerLike = "glorot_uniform",
+        attention_initializer: InitializerLike = "glorot_uniform",
+        output_initializer: InitializerLike = "glorot_uniform",
+        bias_initializer: InitializerLike = "zeros",
+        kernel_regularizer: RegularizerLike = None,
+        recurrent_regularizer: RegularizerLike = None,
+        feedback_regularizer: RegularizerLike = None,
+        attention_regularizer: RegularizerLike = None,
+        output_regularizer: RegularizerLike = None,
+        bias_regularizer: RegularizerLike = None,
+        kernel_constraint: ConstraintLike = None,
+        recurrent_constraint: ConstraintLike = None,
+        feedback_constraint: ConstraintLike = None,
+        attention_constraint: ConstraintLike = None,
+        output_constraint: ConstraintLike = None,
+        bias_constraint: ConstraintLike = None,
+        unit_forget_bias: bool = True,
+        dropout: float = 0.0,
+        recurrent_dropout: float = 0.0,
+        seed: Optional[int] = None,
+        return_sequences: bool = False,
+        return_state: bool = False,
+        go_backwards: bool = False,
+        stateful: bool = False,
+        unroll: bool = False,
+        return_trace: bool = False,
+        zero_output_for_mask: bool = False,
+        engine: str = "auto",
+        time_buckets: Union[str, Sequence[int], None] = "auto",
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(
+            return_sequences=return_sequences,
+            return_state=return_state,
+            go_backwards=go_backwards,
+            stateful=stateful,
+            unroll=unroll,
+            return_trace=return_trace,
+            zero_output_for_mask=zero_output_for_mask,
+            engine=engine,
+            time_buckets=time_buckets,
+            **kwargs,
+        )
         self.cell = ConvFeedbackCell(
             filters,
             kernel_size,
+            strides=strides,
+            padding=padding,
+            data_format=data_format,
+            dilation_rate=dilation_rate,
+            feedback_filters=feedback_filters,
+            core=core,
+            activation=activation,
+            recurrent_activation=recurrent_activation,
+            feedback_activation=feedback_activation,
+            output_filters=output_filters,
+            output_activation=output_activation,
+            attention=attention,
+            residual=residual,
+            layer_norm=layer_norm,
+            use_bias=use_bias,
+            kernel_initializer=kernel_initializer,
+            recurrent_initializer=recurrent_initializer,
+            feedback_initializer=feedback_initializer,
+            attention_initializer=attention_initializer,
+            output_initializer=output_initializer,
+            bias_initializer=bias_initializer,
+            kernel_regularizer=kernel_regularizer,
+            recurrent_regularizer=recurrent_regularizer,
+            feedback_regularizer=feedback_regularizer,
+            attention_regularizer=attention_regularizer,
+            output_regularizer=output_regularizer,
+            bias_regularizer=bias_regularizer,
+            kernel_constraint=kernel_constraint,
+            recurrent_constraint=recurrent_constraint,
+            feedback_constraint=feedback_constraint,
+            attention_constraint=attention_constraint,
+            output_constraint=output_constraint,
+            bias_constraint=bias_constraint,
+            unit_forget_bias=unit_forget_bias,
+            dropout=dropout,
+            recurrent_dropout=recurrent_dropout,
+            seed=seed,
             name="conv_feedback_cell",
             dtype=self.dtype_policy,
-            **cell_kwargs,
         )
         self.input_spec = keras.InputSpec(ndim=5)
 
@@ -369,10 +477,3 @@ class ConvFeedback2D(FeedbackRNN):
     data_format = property(lambda self: self.cell.data_format)
     dilation_rate = property(lambda self: self.cell.dilation_rate)
     spec = property(lambda self: self.cell.conv_spec)
-
-
-ConvFeedback2D.__init__.__signature__ = spelled_out_signature(
-    (FeedbackCellBase.__init__, ConvFeedbackCell.__init__),
-    ("filters", "kernel_size"),
-    _CELL_ARGS,
-)

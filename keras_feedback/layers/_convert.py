@@ -20,11 +20,12 @@ _CORES = {
 _DROPPED = ("activity_regularizer",)
 
 
-def keras_only_arguments(kwargs):
-    """Takes the arguments of a Keras SimpleRNN/GRU/LSTM config that have no
-    Feedback counterpart: accepted where Keras's meaning holds, else refused.
-    """
-    reset_after = kwargs.pop("reset_after", True)
+def keras_only_arguments(kwargs, reset_after=True, use_cudnn="auto"):
+    """Checks the arguments of a Keras SimpleRNN/GRU/LSTM config that have
+    no Feedback counterpart: accepted where Keras's meaning holds, else
+    refused. Takes ``implementation`` (Keras's legacy choice of how the gate
+    matmuls are grouped: any value, ignored, as Keras does) and
+    ``time_major`` out of ``kwargs``."""
     if reset_after is not True:
         raise ValueError(
             f"Argument `reset_after`: Feedback's GRU is Keras's default "
@@ -32,20 +33,13 @@ def keras_only_arguments(kwargs):
             f"matmul, as cuDNN computes it); got reset_after={reset_after!r}, "
             "whose weights (one bias vector) have no equivalent here"
         )
-    use_cudnn = kwargs.pop("use_cudnn", "auto")
-    if use_cudnn not in ("auto", False):
+    if use_cudnn not in ("auto", True, False):
         raise ValueError(
-            f"Argument `use_cudnn`: Feedback runs its own compiled engine, never "
-            f"cuDNN, so use_cudnn={use_cudnn!r} (in Keras: cuDNN or an error) "
-            "cannot hold; pass 'auto' or False"
+            "Argument `use_cudnn` must be 'auto', True or False (Keras's values; "
+            f"Feedback never runs cuDNN, and True fails when called), got "
+            f"{use_cudnn!r}"
         )
-    implementation = kwargs.pop("implementation", 2)
-    if implementation not in (1, 2):
-        raise ValueError(
-            "Argument `implementation` must be 1 or 2 (Keras's choice of how "
-            "the gate matmuls are grouped; the results are the same), got "
-            f"{implementation!r}"
-        )
+    kwargs.pop("implementation", None)
     time_major = kwargs.pop("time_major", False)
     if time_major is not False:
         raise ValueError(
@@ -82,7 +76,10 @@ def _feedback_from(layer):
             f"Layer {layer.name!r} has an activity_regularizer, which Feedback "
             "does not take; remove it (add it to the next layer) before converting"
         )
-    keras_only_arguments(dict(config))  # a clear error, not from_config's
+    # A clear error, not from_config's:
+    keras_only_arguments(
+        dict(config), config.get("reset_after", True), config.get("use_cudnn", "auto")
+    )
     converted = Feedback.from_config({**config, "core": core, "feedback_units": 0})
     if layer.built:
         states = _stateful_values(layer)

@@ -5,8 +5,10 @@ weights (``FeedbackCellBase``); the layer is the recurrent base
 (``FeedbackRNN``) with that cell; the engine owns time.
 """
 
-import inspect
 from typing import Any
+from typing import Optional
+from typing import Sequence
+from typing import Union
 
 import keras
 import tensorflow as tf
@@ -14,9 +16,12 @@ import tensorflow as tf
 from keras_feedback._api import public
 from keras_feedback.cells import _feedback_math as math
 from keras_feedback.layers import _convert
+from keras_feedback.layers._cell import ActivationLike
+from keras_feedback.layers._cell import ConstraintLike
 from keras_feedback.layers._cell import FeedbackCellBase
+from keras_feedback.layers._cell import InitializerLike
+from keras_feedback.layers._cell import RegularizerLike
 from keras_feedback.layers._recurrent import FeedbackRNN
-from keras_feedback.layers._recurrent import spelled_out_signature
 
 
 @public("keras_feedback.layers.FeedbackCell")
@@ -62,12 +67,24 @@ class FeedbackCell(FeedbackCellBase):
         layer_norm: bool, normalises the core's new hidden state (before the
             residual sum) with a learnable scale and offset.
         use_bias: bool, whether the cell uses bias vectors.
-        kernel_initializer, recurrent_initializer, feedback_initializer, attention_initializer, output_initializer, bias_initializer:
-            initializers of the input kernel, recurrent kernel, feedback
-            kernels (``W_c`` and ``U_c``), attention kernel, output kernel
-            and of every bias.
-        kernel_regularizer, ..., bias_regularizer: the same groups.
-        kernel_constraint, ..., bias_constraint: the same groups.
+        kernel_initializer: initializer of the input kernel ``W_x`` (default ``"glorot_uniform"``).
+        recurrent_initializer: initializer of the recurrent kernel ``U_h`` (default ``"orthogonal"``).
+        feedback_initializer: initializer of the feedback kernels ``W_c`` and ``U_c`` (default ``"glorot_uniform"``).
+        attention_initializer: initializer of the attention kernel ``W_α`` (default ``"glorot_uniform"``).
+        output_initializer: initializer of the output kernel ``W_y`` (default ``"glorot_uniform"``).
+        bias_initializer: initializer of every bias (default ``"zeros"``).
+        kernel_regularizer: optional regularizer of the input kernel ``W_x``.
+        recurrent_regularizer: optional regularizer of the recurrent kernel ``U_h``.
+        feedback_regularizer: optional regularizer of the feedback kernels ``W_c`` and ``U_c``.
+        attention_regularizer: optional regularizer of the attention kernel ``W_α``.
+        output_regularizer: optional regularizer of the output kernel ``W_y``.
+        bias_regularizer: optional regularizer of every bias.
+        kernel_constraint: optional constraint of the input kernel ``W_x``.
+        recurrent_constraint: optional constraint of the recurrent kernel ``U_h``.
+        feedback_constraint: optional constraint of the feedback kernels ``W_c`` and ``U_c``.
+        attention_constraint: optional constraint of the attention kernel ``W_α``.
+        output_constraint: optional constraint of the output kernel ``W_y``.
+        bias_constraint: optional constraint of every bias.
         unit_forget_bias: bool, lstm only: adds 1 to the forget gate bias at
             initialisation (as Keras's ``LSTMCell``).
         dropout: float in [0, 1), dropout rate on the inputs.
@@ -85,8 +102,11 @@ class FeedbackCell(FeedbackCellBase):
         input_feeding: with memory attention (default True), ``h̃_{t-1}``
             joins the next step's input (Luong's input feeding): a state
             ``attentional``. True without ``memory_attention`` is an error.
-        memory_initializer, memory_regularizer, memory_constraint: of the
-            memory attention's kernels.
+        memory_initializer: initializer of the memory attention's kernels.
+        memory_regularizer: optional regularizer of the memory attention's
+            kernels.
+        memory_constraint: optional constraint of the memory attention's
+            kernels.
         **kwargs: base ``keras.layers.Layer`` arguments.
 
     Call arguments:
@@ -110,8 +130,93 @@ class FeedbackCell(FeedbackCellBase):
 
     SUPPORTS_MEMORY = True
 
-    def __init__(self, units: int, **kwargs: Any) -> None:
-        super().__init__(units, **kwargs)
+    def __init__(
+        self,
+        units: int,
+        feedback_units: Optional[int] = None,
+        core: str = "gru",
+        activation: ActivationLike = "tanh",
+        recurrent_activation: ActivationLike = "sigmoid",
+        feedback_activation: ActivationLike = "sigmoid",
+        output_units: Optional[int] = None,
+        output_activation: ActivationLike = None,
+        attention: bool = False,
+        residual: bool = False,
+        layer_norm: bool = False,
+        use_bias: bool = True,
+        kernel_initializer: InitializerLike = "glorot_uniform",
+        recurrent_initializer: InitializerLike = "orthogonal",
+        feedback_initializer: InitializerLike = "glorot_uniform",
+        attention_initializer: InitializerLike = "glorot_uniform",
+        output_initializer: InitializerLike = "glorot_uniform",
+        memory_initializer: InitializerLike = "glorot_uniform",
+        bias_initializer: InitializerLike = "zeros",
+        kernel_regularizer: RegularizerLike = None,
+        recurrent_regularizer: RegularizerLike = None,
+        feedback_regularizer: RegularizerLike = None,
+        attention_regularizer: RegularizerLike = None,
+        output_regularizer: RegularizerLike = None,
+        memory_regularizer: RegularizerLike = None,
+        bias_regularizer: RegularizerLike = None,
+        kernel_constraint: ConstraintLike = None,
+        recurrent_constraint: ConstraintLike = None,
+        feedback_constraint: ConstraintLike = None,
+        attention_constraint: ConstraintLike = None,
+        output_constraint: ConstraintLike = None,
+        memory_constraint: ConstraintLike = None,
+        bias_constraint: ConstraintLike = None,
+        unit_forget_bias: bool = True,
+        dropout: float = 0.0,
+        recurrent_dropout: float = 0.0,
+        seed: Optional[int] = None,
+        memory_attention: Optional[str] = None,
+        memory_units: Optional[int] = None,
+        input_feeding: Optional[bool] = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(
+            units,
+            feedback_units=feedback_units,
+            core=core,
+            activation=activation,
+            recurrent_activation=recurrent_activation,
+            feedback_activation=feedback_activation,
+            output_units=output_units,
+            output_activation=output_activation,
+            attention=attention,
+            residual=residual,
+            layer_norm=layer_norm,
+            use_bias=use_bias,
+            kernel_initializer=kernel_initializer,
+            recurrent_initializer=recurrent_initializer,
+            feedback_initializer=feedback_initializer,
+            attention_initializer=attention_initializer,
+            output_initializer=output_initializer,
+            memory_initializer=memory_initializer,
+            bias_initializer=bias_initializer,
+            kernel_regularizer=kernel_regularizer,
+            recurrent_regularizer=recurrent_regularizer,
+            feedback_regularizer=feedback_regularizer,
+            attention_regularizer=attention_regularizer,
+            output_regularizer=output_regularizer,
+            memory_regularizer=memory_regularizer,
+            bias_regularizer=bias_regularizer,
+            kernel_constraint=kernel_constraint,
+            recurrent_constraint=recurrent_constraint,
+            feedback_constraint=feedback_constraint,
+            attention_constraint=attention_constraint,
+            output_constraint=output_constraint,
+            memory_constraint=memory_constraint,
+            bias_constraint=bias_constraint,
+            unit_forget_bias=unit_forget_bias,
+            dropout=dropout,
+            recurrent_dropout=recurrent_dropout,
+            seed=seed,
+            memory_attention=memory_attention,
+            memory_units=memory_units,
+            input_feeding=input_feeding,
+            **kwargs,
+        )
         self.state_size = self.spec.state_size
         self.output_size = self.spec.output_size
         self.input_spec = keras.InputSpec(min_ndim=2)
@@ -207,9 +312,6 @@ class FeedbackCell(FeedbackCellBase):
         ]
 
 
-_CELL_ARGS = tuple(inspect.signature(FeedbackCellBase.__init__).parameters)[1:-1]
-
-
 @public("keras_feedback.layers.Feedback")
 class Feedback(FeedbackRNN):
     """Feedback-recurrent sequence layer.
@@ -221,7 +323,68 @@ class Feedback(FeedbackRNN):
     or ``LSTM`` compute, with the same weights.
 
     Args:
-        units: positive int, size of the hidden state.
+        units: positive int, size of the hidden state ``h``.
+        feedback_units: non-negative int, size of the feedback signal ``c``.
+            Defaults to ``units``; ``0`` removes the feedback loop.
+        core: ``"simple"`` (Elman), ``"gru"`` or ``"lstm"``.
+        activation: activation of the core (candidate for gru/lstm).
+            Default ``"tanh"``. Any name ``keras_feedback.activations.get``
+            accepts, or a callable, or a learnable activation instance
+            (``keras_feedback.activations.Pade("relu")``, ...: the cell
+            builds its parameters for the width the activation is applied
+            to, after its own weights).
+        recurrent_activation: activation of the gru/lstm gates. Default
+            ``"sigmoid"``.
+        feedback_activation: activation ``σ`` of the feedback signal.
+            Default ``"sigmoid"``.
+        output_units: optional positive int; adds the output projection
+            ``y_t = g(W_y [h̃_t; c_t] + b_y)``. None: ``y_t = h̃_t``.
+        output_activation: ``g``, default linear.
+        attention: bool, adds the gate ``α_t`` on ``h_t``.
+        residual: bool, ``h_t = h_{t-1} + f(...)``.
+        layer_norm: bool, normalises the core's new hidden state (before the
+            residual sum) with a learnable scale and offset.
+        use_bias: bool, whether the cell uses bias vectors.
+        kernel_initializer: initializer of the input kernel ``W_x`` (default ``"glorot_uniform"``).
+        recurrent_initializer: initializer of the recurrent kernel ``U_h`` (default ``"orthogonal"``).
+        feedback_initializer: initializer of the feedback kernels ``W_c`` and ``U_c`` (default ``"glorot_uniform"``).
+        attention_initializer: initializer of the attention kernel ``W_α`` (default ``"glorot_uniform"``).
+        output_initializer: initializer of the output kernel ``W_y`` (default ``"glorot_uniform"``).
+        bias_initializer: initializer of every bias (default ``"zeros"``).
+        kernel_regularizer: optional regularizer of the input kernel ``W_x``.
+        recurrent_regularizer: optional regularizer of the recurrent kernel ``U_h``.
+        feedback_regularizer: optional regularizer of the feedback kernels ``W_c`` and ``U_c``.
+        attention_regularizer: optional regularizer of the attention kernel ``W_α``.
+        output_regularizer: optional regularizer of the output kernel ``W_y``.
+        bias_regularizer: optional regularizer of every bias.
+        kernel_constraint: optional constraint of the input kernel ``W_x``.
+        recurrent_constraint: optional constraint of the recurrent kernel ``U_h``.
+        feedback_constraint: optional constraint of the feedback kernels ``W_c`` and ``U_c``.
+        attention_constraint: optional constraint of the attention kernel ``W_α``.
+        output_constraint: optional constraint of the output kernel ``W_y``.
+        bias_constraint: optional constraint of every bias.
+        unit_forget_bias: bool, lstm only: adds 1 to the forget gate bias at
+            initialisation (as Keras's ``LSTMCell``).
+        dropout: float in [0, 1), dropout rate on the inputs.
+        recurrent_dropout: float in [0, 1), dropout rate on ``h_{t-1}`` in
+            the recurrent matmul.
+        seed: int, seed of the dropout masks.
+        memory_attention: None, ``"additive"`` (Bahdanau), ``"dot"`` or
+            ``"scaled_dot"`` (Luong): at every step the new ``h_t`` attends
+            over a memory (an encoder's outputs, given to the layer's call
+            as ``memory``), and Luong's attentional state
+            ``h̃_t = tanh(W_m [h_t; ctx_t] + b_m)`` takes the place of
+            ``h_t`` in the gate and the output (``docs/seq2seq.md``).
+        memory_units: the size of the keys and queries (default ``units``;
+            with ``"dot"``/``"scaled_dot"`` and None the query is ``h_t``).
+        input_feeding: with memory attention (default True), ``h̃_{t-1}``
+            joins the next step's input (Luong's input feeding): a state
+            ``attentional``. True without ``memory_attention`` is an error.
+        memory_initializer: initializer of the memory attention's kernels.
+        memory_regularizer: optional regularizer of the memory attention's
+            kernels.
+        memory_constraint: optional constraint of the memory attention's
+            kernels.
         return_sequences: bool, return the output of every step
             ``(batch, time, output_size)`` or only the last one.
         return_state: bool, also return the final states (``h``, the lstm
@@ -253,16 +416,16 @@ class Feedback(FeedbackRNN):
             the padding masked, so XLA compiles once per bucket rather than
             once per length. The results of the real steps do not change and
             sequence outputs keep the caller's length. None: no padding.
-        reset_after, use_cudnn, implementation, time_major: accepted, so
-            that a Keras ``GRU``/``LSTM``/``SimpleRNN`` config builds a
-            ``Feedback`` layer: ``reset_after=True``, ``use_cudnn`` ``"auto"``
-            or False, ``implementation`` 1 or 2 and ``time_major=False``
-            mean here what they mean in Keras; other values are refused
-            with the reason.
-        **kwargs: every argument of ``keras_feedback.layers.FeedbackCell``
-            (``feedback_units``, ``core``, activations, ``attention``,
-            ``residual``, initializers, dropout, ...) and the base Layer
-            arguments.
+        reset_after: bool, accepted so that a Keras ``GRU`` config builds a
+            ``Feedback`` layer: True (Keras's default form) means here what
+            it means in Keras; False is refused with the reason.
+        use_cudnn: ``"auto"``, True or False, kept as ``self.use_cudnn`` as
+            Keras's layers keep it (``Bidirectional`` copies it). Feedback
+            runs its own engines, never cuDNN: True fails when the layer is
+            called, with Keras's advice.
+        **kwargs: the base Layer arguments; also, as Keras accepts them in a
+            saved config, ``implementation`` (any value, ignored) and
+            ``time_major=False``.
 
     Call arguments:
         sequences: ``(batch, time, features)`` tensor.
@@ -288,12 +451,118 @@ class Feedback(FeedbackRNN):
         Zamir et al., "Feedback Networks", CVPR 2017.
     """
 
-    def __init__(self, units, **kwargs):
-        _convert.keras_only_arguments(kwargs)
-        cell_kwargs = {k: kwargs.pop(k) for k in _CELL_ARGS if k in kwargs}
-        super().__init__(**kwargs)
+    def __init__(
+        self,
+        units: int,
+        feedback_units: Optional[int] = None,
+        core: str = "gru",
+        activation: ActivationLike = "tanh",
+        recurrent_activation: ActivationLike = "sigmoid",
+        feedback_activation: ActivationLike = "sigmoid",
+        output_units: Optional[int] = None,
+        output_activation: ActivationLike = None,
+        attention: bool = False,
+        residual: bool = False,
+        layer_norm: bool = False,
+        use_bias: bool = True,
+        kernel_initializer: InitializerLike = "glorot_uniform",
+        recurrent_initializer: InitializerLike = "orthogonal",
+        feedback_initializer: InitializerLike = "glorot_uniform",
+        attention_initializer: InitializerLike = "glorot_uniform",
+        output_initializer: InitializerLike = "glorot_uniform",
+        memory_initializer: InitializerLike = "glorot_uniform",
+        bias_initializer: InitializerLike = "zeros",
+        kernel_regularizer: RegularizerLike = None,
+        recurrent_regularizer: RegularizerLike = None,
+        feedback_regularizer: RegularizerLike = None,
+        attention_regularizer: RegularizerLike = None,
+        output_regularizer: RegularizerLike = None,
+        memory_regularizer: RegularizerLike = None,
+        bias_regularizer: RegularizerLike = None,
+        kernel_constraint: ConstraintLike = None,
+        recurrent_constraint: ConstraintLike = None,
+        feedback_constraint: ConstraintLike = None,
+        attention_constraint: ConstraintLike = None,
+        output_constraint: ConstraintLike = None,
+        memory_constraint: ConstraintLike = None,
+        bias_constraint: ConstraintLike = None,
+        unit_forget_bias: bool = True,
+        dropout: float = 0.0,
+        recurrent_dropout: float = 0.0,
+        seed: Optional[int] = None,
+        memory_attention: Optional[str] = None,
+        memory_units: Optional[int] = None,
+        input_feeding: Optional[bool] = None,
+        return_sequences: bool = False,
+        return_state: bool = False,
+        go_backwards: bool = False,
+        stateful: bool = False,
+        unroll: bool = False,
+        return_trace: bool = False,
+        zero_output_for_mask: bool = False,
+        engine: str = "auto",
+        time_buckets: Union[str, Sequence[int], None] = "auto",
+        reset_after: bool = True,
+        use_cudnn: Union[str, bool] = "auto",
+        **kwargs: Any,
+    ) -> None:
+        _convert.keras_only_arguments(kwargs, reset_after, use_cudnn)
+        super().__init__(
+            return_sequences=return_sequences,
+            return_state=return_state,
+            go_backwards=go_backwards,
+            stateful=stateful,
+            unroll=unroll,
+            return_trace=return_trace,
+            zero_output_for_mask=zero_output_for_mask,
+            engine=engine,
+            time_buckets=time_buckets,
+            **kwargs,
+        )
+        self.use_cudnn = use_cudnn
         self.cell = FeedbackCell(
-            units, name="feedback_cell", dtype=self.dtype_policy, **cell_kwargs
+            units,
+            feedback_units=feedback_units,
+            core=core,
+            activation=activation,
+            recurrent_activation=recurrent_activation,
+            feedback_activation=feedback_activation,
+            output_units=output_units,
+            output_activation=output_activation,
+            attention=attention,
+            residual=residual,
+            layer_norm=layer_norm,
+            use_bias=use_bias,
+            kernel_initializer=kernel_initializer,
+            recurrent_initializer=recurrent_initializer,
+            feedback_initializer=feedback_initializer,
+            attention_initializer=attention_initializer,
+            output_initializer=output_initializer,
+            memory_initializer=memory_initializer,
+            bias_initializer=bias_initializer,
+            kernel_regularizer=kernel_regularizer,
+            recurrent_regularizer=recurrent_regularizer,
+            feedback_regularizer=feedback_regularizer,
+            attention_regularizer=attention_regularizer,
+            output_regularizer=output_regularizer,
+            memory_regularizer=memory_regularizer,
+            bias_regularizer=bias_regularizer,
+            kernel_constraint=kernel_constraint,
+            recurrent_constraint=recurrent_constraint,
+            feedback_constraint=feedback_constraint,
+            attention_constraint=attention_constraint,
+            output_constraint=output_constraint,
+            memory_constraint=memory_constraint,
+            bias_constraint=bias_constraint,
+            unit_forget_bias=unit_forget_bias,
+            dropout=dropout,
+            recurrent_dropout=recurrent_dropout,
+            seed=seed,
+            memory_attention=memory_attention,
+            memory_units=memory_units,
+            input_feeding=input_feeding,
+            name="feedback_cell",
+            dtype=self.dtype_policy,
         )
         self.input_spec = keras.InputSpec(ndim=3)
 
@@ -343,8 +612,3 @@ class Feedback(FeedbackRNN):
         True
         """
         return _convert.from_keras(layer)
-
-
-Feedback.__init__.__signature__ = spelled_out_signature(
-    (FeedbackCellBase.__init__,), ("units",), _CELL_ARGS[1:]
-)

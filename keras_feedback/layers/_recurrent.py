@@ -10,7 +10,6 @@ the dense and the convolutional cell; nothing here knows which.
 
 import contextlib
 import contextvars
-import inspect
 from typing import Any
 from typing import List
 from typing import Mapping
@@ -325,6 +324,13 @@ class FeedbackRNN(MemoryCalls, keras.layers.Layer):
         memory=None,
         memory_mask=None,
     ):
+        if getattr(self, "use_cudnn", None) is True:  # Keras's GRU/LSTM argument
+            raise ValueError(
+                "use_cudnn=True was specified, but cuDNN is not supported for "
+                "this layer configuration with this backend (feedback layers run "
+                "their own engines, never cuDNN). Pass use_cudnn='auto' to "
+                "fallback to a non-cuDNN implementation."
+            )
         cell = self.cell
         sequences = self._cast_inputs(sequences)
         mask = self._check_mask(mask, sequences)
@@ -571,25 +577,6 @@ def _empty(recurrence, inputs, states, return_trace):
     traces = {k: none(n) for k, n in recurrence.traces(return_trace).items()}
     last = tf.zeros([batch, recurrence.output_size], dtype)
     return none(recurrence.output_size), last, list(states), traces
-
-
-def spelled_out_signature(cell_inits, positional, cell_args):
-    """A layer's full signature, for ``help()`` and autocompletion: its
-    ``positional`` arguments, then the recurrent base's and the cell's
-    (``cell_args`` of the ``cell_inits`` constructors), keyword-only, with
-    their defaults."""
-    cell = {}
-    for init in cell_inits:
-        cell.update(inspect.signature(init).parameters)
-    rnn = inspect.signature(FeedbackRNN.__init__).parameters
-    keyword = inspect.Parameter.KEYWORD_ONLY
-    parameters = [cell["self"]] + [cell[name] for name in positional]
-    parameters += [
-        p.replace(kind=keyword) for n, p in rnn.items() if n not in ("self", "kwargs")
-    ]
-    parameters += [cell[n].replace(kind=keyword) for n in cell_args if n in cell]
-    base = inspect.signature(keras.layers.Layer.__init__).parameters
-    return inspect.Signature(parameters + [base["kwargs"]])
 
 
 def snapshot_for_batch(layer, value, batch):
