@@ -195,6 +195,14 @@ def test_the_cli_fails_an_export_of_a_nan_model(tmp_path, capsys):
 # --- batches that do not fit -------------------------------------------------------
 
 
+def _in_graph(words, rows, batch):
+    """The in-graph form of a batch message: the sizes R and B follow the
+    words as the assertion's data."""
+    words = words.replace(f"batch size {rows}", "batch size R", 1)
+    words = words.replace(f"batch size {batch}", "batch size B", 1)
+    return words + rf".*; with R, B =\] \[{rows}\] \[{batch}\]"
+
+
 def _graph_call(layer, state_spec):
     """The layer in a tf.function with a None batch (fit, predict, export)."""
     return tf.function(
@@ -214,7 +222,7 @@ def test_an_initial_state_of_another_batch_is_refused(rng, engine):
     )
     with pytest.raises(ValueError, match=words):
         layer(x, initial_state=[state])
-    with pytest.raises(tf.errors.InvalidArgumentError, match=words):
+    with pytest.raises(tf.errors.InvalidArgumentError, match=_in_graph(words, 1, 2)):
         _graph_call(layer, tf.TensorSpec((None, 4)))(x, state)
     # The same call with a fitting state runs, and equals the eager call.
     good = rng.standard_normal((2, 4)).astype("float32")
@@ -237,7 +245,7 @@ def test_a_memory_of_another_batch_is_refused(rng, engine):
         lambda x, m: layer(x, memory=m),
         input_signature=[tf.TensorSpec((None, None, 3)), tf.TensorSpec((None, 6, 5))],
     )
-    with pytest.raises(tf.errors.InvalidArgumentError, match=words):
+    with pytest.raises(tf.errors.InvalidArgumentError, match=_in_graph(words, 1, 2)):
         call(x, memory)
 
 
@@ -254,7 +262,7 @@ def test_equilibrium_refuses_a_start_of_another_batch(rng, solver):
         lambda x, z: layer(x, initial_state=z),
         input_signature=[tf.TensorSpec((None, 4)), tf.TensorSpec((None, 4))],
     )
-    with pytest.raises(tf.errors.InvalidArgumentError, match=words):
+    with pytest.raises(tf.errors.InvalidArgumentError, match=_in_graph(words, 1, 3)):
         call(x, start)
     fitting = np.zeros((3, 4), "float32")
     np.testing.assert_allclose(call(x, fitting), layer(x), atol=1e-5)
@@ -264,9 +272,9 @@ def test_stateful_predict_refuses_a_last_batch_that_does_not_fit(rng):
     inputs = keras.Input(batch_shape=(2, None, 3))
     model = keras.Model(inputs, Feedback(4, stateful=True)(inputs))
     words = (
-        r"was built for batch size 2 and got inputs with batch size 1: feed "
+        r"was built for batch size R and got inputs with batch size B: feed "
         r"batches of 2 \(in predict, evaluate and fit, a number of rows that is "
-        r"a multiple of 2"
+        r"a multiple of 2.*; with R, B =\] \[2\] \[1\]"
     )
     x = rng.standard_normal((5, 4, 3)).astype("float32")
     with pytest.raises(tf.errors.InvalidArgumentError, match=words):
@@ -316,6 +324,30 @@ def test_decoders_check_tokens_against_the_vocabulary():
     full = seq2seq.sample(step, states, start_token=1, top_k=12, seed=3, **common)
     unfiltered = seq2seq.sample(step, states, start_token=1, seed=3, **common)
     np.testing.assert_array_equal(full.tokens, unfiltered.tokens)
+
+
+def test_an_xla_decoder_over_layer_step_decodes_any_row_count(rng):
+    # The batch check inside `step` compiles under XLA (no StringFormat op):
+    # a decoder first traced for 2 rows decodes 1 and 3.
+    embedding = keras.layers.Embedding(7, 4)
+    decoder = Feedback(6, memory_attention="dot", return_sequences=True)
+    projection = keras.layers.Dense(7)
+    memory = rng.standard_normal((3, 5, 3)).astype("float32")
+    projection(decoder(embedding(np.zeros((3, 2), "int32")), memory=memory))
+    step = seq2seq.layer_step(decoder, embedding, projection)
+    results = {}
+    for rows in (2, 1, 3):
+        context = {"memory": tf.constant(memory[:rows])}
+        results[rows] = seq2seq.greedy_decode(
+            step,
+            decoder.get_initial_state(rows),
+            start_token=1,
+            end_token=0,
+            max_length=4,
+            context=context,
+        ).tokens.numpy()
+    np.testing.assert_array_equal(results[1], results[3][:1])
+    np.testing.assert_array_equal(results[2], results[3][:2])
 
 
 @pytest.mark.parametrize("states", [None, [], {}])

@@ -4,15 +4,11 @@ Initial states, a memory and its mask, ``Equilibrium``'s starting point and
 a stateful layer's stored states must have one row per input row. A batch
 that does not fit is refused, never broadcast: with a ``ValueError`` while
 tracing where both batch sizes are known, and by an assertion in the graph
-(``InvalidArgumentError``, the same words) where one is not (a ``None``
-batch: ``fit``, ``predict``, a ``tf.function``).
+(``InvalidArgumentError``, the same words with the sizes after them) where
+one is not (a ``None`` batch: ``fit``, ``predict``, a ``tf.function``).
 """
 
-import re
-
 import tensorflow as tf
-
-_FIELD = re.compile(r"\{(rows|batch)\}")
 
 
 def batch_words(what, against="the inputs"):
@@ -56,10 +52,12 @@ def batch_checked(what, tensor, reference, check=True, words=None):
         return tensor
     batch_size = tf.cast(reference, tf.int32) if scalar else tf.shape(reference)[0]
     rows_size = tf.shape(tensor)[0]
-    sizes = {"rows": rows_size, "batch": batch_size}
-    text = tf.strings.format(
-        _FIELD.sub("{}", words), [sizes[name] for name in _FIELD.findall(words)]
+    # The sizes follow the words as data, not formatted in: StringFormat has
+    # no XLA kernel (a decoder compiled with XLA calls `step`), and an
+    # Assert under XLA is compiled away.
+    text = words.format(rows="R", batch="B") + "; with R, B ="
+    assertion = tf.debugging.Assert(
+        tf.equal(rows_size, batch_size), [text, rows_size, batch_size]
     )
-    assertion = tf.debugging.Assert(tf.equal(rows_size, batch_size), [text])
     with tf.control_dependencies([assertion]):
         return tf.identity(tensor)
