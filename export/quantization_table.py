@@ -3,7 +3,7 @@
     python export/quantization_table.py [OUT.json]
     python export/quantization_table.py --fused-lstm [OUT.json]
 
-Writes the figures of export/README.md's quantisation tables: for each of
+Writes the figures of docs/deploy.md's quantisation tables: for each of
 the 24 core x attention x residual x output-projection models of
 tests/test_export_matrix.py (32 units, 32 features, calibrated on 16
 sequences of 7 steps, checked on 5 fresh ones) the max error relative to

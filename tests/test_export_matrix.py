@@ -47,7 +47,7 @@ STATES = {"simple": ["h", "c"], "gru": ["h", "c"], "lstm": ["h", "carry", "c"]}
 FLOAT_TOLERANCE = 1e-5
 KERAS_NOISE_FACTOR = 2
 # Max error over the largest |Keras output|, 32 units, 7 steps. Measured
-# (export/README.md): float16 <= 1e-3. Dynamic range 1e-3 ... 1.3e-2: the
+# (docs/deploy.md): float16 <= 1e-3. Dynamic range 1e-3 ... 1.3e-2: the
 # file runs the float32 math on int8-rounded weights, which the test checks
 # exactly (DYNAMIC_RANGE_ROUNDED); the rounding itself (one scale per output
 # channel, 0.4% rms of a weight) moves these random recurrent models' outputs
@@ -61,7 +61,7 @@ DYNAMIC_RANGE_ROUNDED = 1e-5
 INT8_RELATIVE = {False: 0.35, True: 0.5}  # keyed by `residual`
 # int16x8 (step model): int16 activations leave the int8 weights' rounding
 # as the error (measured 0.84x ... 1.15x of the same weights rounded to
-# int8 in Keras, one model 1.8x at 8.9e-3; export/README.md): within 1e-2,
+# int8 in Keras, one model 1.8x at 8.9e-3; docs/deploy.md): within 1e-2,
 # or within 1.2x that rounding where it alone comes to 1e-2 (residual
 # simple cores, residual grus and lstms).
 INT16X8_RELATIVE = 1e-2
@@ -384,7 +384,7 @@ def quantized_exports(tmp_path_factory, float_exports):
         )
         row["int16x8 step"]["int8_weights_rel_error"] = all_int8_rounded_error(model, x)
         # Whole sequences in 16x8: the same model on a fixed time axis,
-        # unrolled; refused for residual cores (export/README.md).
+        # unrolled; refused for residual cores (docs/deploy.md).
         fixed = build(entry["combination"], UNITS, FEATURES, 100 + i, time=7)
         fixed.set_weights(model.get_weights())
         options = {"quantization": "int16x8", "representative_data": calibration}

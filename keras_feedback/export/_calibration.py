@@ -14,7 +14,7 @@ CALIBRATED = ("int8", "int16x8")
 # states by INT16_STATE_HEADROOM: fresh inputs go beyond the extremes of a
 # finite sample (the input projections then saturate), and a residual state
 # beyond the range it reached in calibration, where int16 affords the
-# headroom (1-2 of 15 bits). Measured on the test matrix (export/README.md):
+# headroom (1-2 of 15 bits). Measured on the test matrix (docs/deploy.md):
 # without headroom 0.30 for gru-att0-res0-out3 (its int8 weights' own share:
 # 3.8e-3), with it 4.0e-3; the states' headroom is smaller because a wider
 # range costs the precision a growing residual state needs (a residual gru

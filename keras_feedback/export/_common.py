@@ -20,7 +20,7 @@ from keras_feedback.layers._recurrent import pure_calls
 # compute dtype of the Keras model it is compared with. In float32 that is
 # float32 rounding (measured <= 5e-7); under a mixed policy it is the Keras
 # model's own half-precision rounding (measured on the 24 models of
-# tests/test_export_matrix.py and on stacked models: see export/README.md).
+# tests/test_export_matrix.py and on stacked models: see docs/deploy.md).
 DEFAULT_TOLERANCES = {"float32": 1e-4, "float16": 1e-2, "bfloat16": 5e-2}
 HALF_DTYPES = ("float16", "bfloat16")
 

@@ -220,7 +220,7 @@ def _widen_loop_weights(content):
     row in one process (dynamic_range: 1 in 20); with the DEQUANTIZE ops
     moved out of the loop, 1 in 20-60 (dynamic_range: 7 in 60); with CASTs,
     none in 120 (the fault seen with ai-edge-litert 2.1.6 to 2.3.0, the
-    CASTs measured with 2.3.0; export/README.md). The
+    CASTs measured with 2.3.0; docs/deploy.md). The
     price is speed: the loop's matmuls read weights that XNNPACK has not
     packed in advance, and the weights are widened at every invoke.
 

@@ -199,7 +199,7 @@ def _fused_content(plan, quantization, samples, batch_size):
             f"recurrent layers stay WHILE loops ({loops}): "
             "the converter's SavedModel path, which the fused op needs, "
             "quantizes a WHILE loop to int8 wrongly (measured 0.7-0.8 from "
-            "Keras, 2e-2-0.2 by the usual path; export/README.md). Export it "
+            "Keras, 2e-2-0.2 by the usual path; docs/deploy.md). Export it "
             "with fused_lstm=False, or in float32, float16 or dynamic_range."
         )
     if _fused_lstm.FUSED_LSTM_OP not in ops:
@@ -250,7 +250,7 @@ def export_litert(
     model, and unrolled whole sequences) 2.9e-3 to 2.2e-2, which is the int8
     weights' rounding: within
     1e-2, or within 1.2x the error of the same weights rounded to int8 in
-    Keras where that alone comes to 1e-2 (export/README.md).
+    Keras where that alone comes to 1e-2 (docs/deploy.md).
 
     Args:
         model: a built functional or Sequential Keras model.
@@ -262,7 +262,7 @@ def export_litert(
             dequantises the weights once when LiteRT loads it, a
             whole-sequence model widens them at every invoke, outside its
             loop, with CAST ops, since LiteRT's XNNPACK delegate runs a
-            loop's DEQUANTIZE ops wrongly at times; export/README.md);
+            loop's DEQUANTIZE ops wrongly at times; docs/deploy.md);
             or ``"int8"`` (full integer, needs
             ``representative_data``: every op computes in int8, with
             float32 inputs and outputs; in the whole-sequence model the loop
@@ -271,7 +271,7 @@ def export_litert(
             or ``"int16x8"`` (LiteRT's 16x8 mode: int16 activations, int8
             weights, calibrated like ``"int8"`` with headroom on the ranges
             (4x the inputs', 2x the states'), float32 inputs and outputs;
-            its error is mostly the int8 weights', see export/README.md;
+            its error is mostly the int8 weights', see docs/deploy.md;
             for whole sequences the model needs a fixed time axis, over
             which the file is unrolled: LiteRT's 16x8 quantizer cannot
             quantize a ``WHILE`` loop). A model under a
@@ -294,7 +294,7 @@ def export_litert(
             ``WHILE`` loop (whole-sequence model; other layers keep their
             loop; an error when no layer can). In float 2.3-2.6x faster
             for a 128-unit LSTM, 2.4-4.4x for a 16-unit one, slower in
-            int8 (export/README.md), but the file changes: its batch size is
+            int8 (docs/deploy.md), but the file changes: its batch size is
             fixed (``batch_size``), and the op keeps its states in LiteRT
             variable tensors, which carry the final states of one invoke
             into the next: call the interpreter's ``reset_all_variables()``
@@ -333,7 +333,7 @@ def export_litert(
             f"time; {model.name!r} does not: {plan.step_problem_message()}"
         )
     # Whole sequences in 16x8: unrolled over a fixed time axis (LiteRT's 16x8
-    # quantizer cannot quantize a WHILE loop; export/README.md).
+    # quantizer cannot quantize a WHILE loop; docs/deploy.md).
     unrolled = quantization == "int16x8" and not streaming
     if unrolled:
         dynamic = [
@@ -503,7 +503,7 @@ def verify_litert(
             file for the compute dtype of ``model``, as ``verify_saved_model``
             (1e-4, 1e-2 under ``mixed_float16``, 5e-2 under
             ``mixed_bfloat16``); a quantised file's error is the
-            quantisation's (export/README.md): pass its tolerance.
+            quantisation's (docs/deploy.md): pass its tolerance.
 
     Returns:
         A dict: ``max_abs_error``, ``max_rel_error`` (the absolute error over
