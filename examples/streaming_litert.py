@@ -77,6 +77,7 @@ def main(argv=None):
     )
     parser.add_argument("--length", type=int, default=50, choices=[50, 100, 200, 500])
     parser.add_argument("--steps", type=int, default=1500, help="training steps")
+    parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--units", type=int, default=32)
     parser.add_argument("--feedback-units", type=int, default=8)
     parser.add_argument("--quantization", choices=["none", "int8"], default="none")
@@ -104,7 +105,11 @@ def main(argv=None):
     cut = "" if args.max_examples is None else f"[:{args.max_examples}]"
     with utils.quiet_data(name, args.data_dir):
         train, task = keras_feedback.datasets.load(
-            name, "train" + cut, data_dir=args.data_dir, batch_size=64, shuffle=True
+            name,
+            "train" + cut,
+            data_dir=args.data_dir,
+            batch_size=args.batch_size,
+            shuffle=True,
         )
         test, _ = keras_feedback.datasets.load(
             name, "test" + cut, data_dir=args.data_dir, batch_size=args.test_examples
@@ -126,7 +131,10 @@ def main(argv=None):
     calibration = None
     if quantization:
         calibration = np.concatenate(
-            [np.asarray(b) for b, _ in train.take(-(-args.calibration_examples // 64))]
+            [
+                np.asarray(b)
+                for b, _ in train.take(-(-args.calibration_examples // args.batch_size))
+            ]
         )[: args.calibration_examples]
     with utils.quiet_stderr(not utils.VERBOSE):
         path = keras_feedback.export.export_litert(

@@ -46,35 +46,36 @@ def test_help_says_what_it_shows_its_data_runtime_and_baseline(name, capsys):
 # Small arguments with which each example still beats its baseline; "{data}"
 # is the shared TFDS folder, "{tmp}" the test's own.
 SMALL = {
-    "quickstart": ["--epochs", "10", "--samples", "256"],
+    "quickstart": ["--epochs", "15", "--samples", "256"],
     "adding_problem": [
-        "--length", "50", "--steps", "500", "--max-examples", "2000",
-        "--data-dir", "{data}",
+        "--length", "50", "--steps", "500", "--batch-size", "32",
+        "--max-examples", "2000", "--data-dir", "{data}",
     ],
     "copy_memory": [
-        "--delay", "10", "--steps", "300", "--max-examples", "2000",
-        "--units", "32", "--feedback-units", "8", "--data-dir", "{data}",
+        "--delay", "10", "--steps", "300", "--batch-size", "64",
+        "--max-examples", "2000", "--units", "32", "--feedback-units", "8",
+        "--data-dir", "{data}",
     ],
     "char_language_model": [
         "--text-dir", "{tmp}/texts", "--length", "64", "--steps", "150",
         "--units", "32", "--feedback-units", "4", "--sample", "5",
     ],
     "mnist_rows": [
-        "--synthetic-examples", "1500", "--epochs", "3", "--units", "32",
-        "--data-dir", "{tmp}/empty",
+        "--synthetic-examples", "1500", "--epochs", "5", "--batch-size", "64",
+        "--units", "32", "--data-dir", "{tmp}/empty",
     ],
     "sentiment_imdb": [
         "--synthetic-examples", "1500", "--epochs", "4", "--units", "16",
         "--data-dir", "{tmp}/empty",
     ],
     "translate_dates": [
-        "--epochs", "3", "--max-examples", "3000", "--test-examples", "200",
+        "--epochs", "3", "--max-examples", "1200", "--test-examples", "100",
         "--units", "32", "--learning-rate", "0.01", "--batch-size", "64",
         "--beam-width", "2", "--data-dir", "{data}",
     ],
     "iterative_feedback_images": ["--max-examples", "1000", "--epochs", "6"],
     "equilibrium_images": [
-        "--max-examples", "1000", "--epochs", "3", "--jacobian-regularization",
+        "--max-examples", "600", "--epochs", "3", "--jacobian-regularization",
         "0", "--max-iterations", "10", "--tolerance", "1e-2", "--filters", "16",
     ],
     "distributed_training": [
@@ -82,8 +83,8 @@ SMALL = {
         "--time-steps", "6",
     ],
     "streaming_litert": [
-        "--length", "50", "--steps", "500", "--max-examples", "2000",
-        "--test-examples", "32", "--data-dir", "{data}",
+        "--length", "50", "--steps", "500", "--batch-size", "32",
+        "--max-examples", "2000", "--test-examples", "32", "--data-dir", "{data}",
     ],
 }  # fmt: skip
 PLOTS = {"quickstart": ["learning_curve.png", "trace.png"]}
