@@ -24,7 +24,7 @@ import keras_feedback  # noqa: E402
 EPILOG = """\
 data: the built-in TFDS dataset copy_memory/delay<delay>, generated locally
   (no download) into --data-dir (default ~/tensorflow_datasets) on first use.
-runtime at defaults: about RUNTIME on a 2-core CPU.
+runtime at defaults: about 6 min on a 2-core CPU.
 trivial baseline: the training targets' class frequencies at each position
   (what a model without memory can do best), scored on the held-out test
   split: per-step cross-entropy about 10 ln 8 / (delay + 20).

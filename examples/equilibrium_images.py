@@ -43,7 +43,7 @@ EPILOG = """\
 data: a built-in synthetic task made in numpy (4,000 training and 1,000
   held-out 8x8 images of 5 noisy line shapes; no download), or mnist
   prepared in --data-dir.
-runtime at defaults: about RUNTIME on a 2-core CPU (three models).
+runtime at defaults: about 4 min on a 2-core CPU (three models).
 trivial baseline: always predicting the training split's most frequent
   class, scored on the held-out test images (accuracy about 0.2); the
   metric is the best Equilibrium's held-out accuracy, printed beside the

@@ -28,7 +28,7 @@ data: TFDS's mnist (60,000 training and 10,000 test images) when prepared
   the only network access); without it, a synthetic stand-in made in numpy
   (--synthetic-examples digit images from a pixel font; the output says
   SYNTHETIC).
-runtime at defaults: about RUNTIME on a 2-core CPU (synthetic); real MNIST,
+runtime at defaults: about 30 s on a 2-core CPU (synthetic); real MNIST,
   3 epochs: about 3 min.
 trivial baseline: always predicting the training split's most frequent
   digit, scored on the held-out test split (accuracy about 0.10).

@@ -29,7 +29,7 @@ data: TFDS's imdb_reviews (25,000 training and 25,000 test reviews) when
   prepared in --data-dir (default ~/tensorflow_datasets) or with --download
   (80 MB, the only network access); without it, a synthetic stand-in made in
   numpy (--synthetic-examples reviews; the output says SYNTHETIC).
-runtime at defaults: about RUNTIME on a 2-core CPU (synthetic); real IMDB,
+runtime at defaults: about 45 s on a 2-core CPU (synthetic); real IMDB,
   2 epochs: about 10 min.
 trivial baseline: always predicting the training split's most frequent
   label, scored on the held-out test split (accuracy about 0.5).

@@ -30,7 +30,7 @@ EPILOG = """\
 data: the built-in TFDS dataset adding_problem/T<length>, generated locally
   (no download) into --data-dir (default ~/tensorflow_datasets) on first use;
   --test-examples held-out sequences are streamed.
-runtime at defaults: about RUNTIME on a 2-core CPU (int8: a little more).
+runtime at defaults: about 1 min on a 2-core CPU (int8: a little more).
 trivial baseline: always predicting the training targets' mean, scored on
   the streamed held-out sequences (MSE about 0.167).
 writes: step_<quantization>.tflite and stream.png into --out."""

@@ -37,7 +37,7 @@ from keras_feedback.layers import Feedback  # noqa: E402
 EPILOG = """\
 data: the built-in TFDS dataset date_translation, generated locally (no
   download) into --data-dir (default ~/tensorflow_datasets) on first use.
-runtime at defaults: about RUNTIME on a 2-core CPU (--compare: about twice).
+runtime at defaults: about 3 min on a 2-core CPU (--compare: about twice).
 trivial baseline: always answering the most frequent training target date,
   scored by exact match on the held-out test split (about 0).
 writes: alignment.png into --out (or --plot PATH)."""
