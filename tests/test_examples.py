@@ -146,3 +146,17 @@ def test_offline_without_download_runs_the_synthetic_stand_in_quietly(tmp_path):
     # TensorFlow's C++ start-up logs are not shown without --verbose.
     for noise in ("cudart_stub", "absl::InitializeLog", "cuInit", "oneDNN"):
         assert noise not in result.stderr, result.stderr
+
+
+def test_mnist_rows_reads_mnist_when_it_is_prepared(tmp_path, capsys):
+    import tensorflow_datasets as tfds
+
+    with tfds.testing.mock_data(
+        num_examples=16, policy=tfds.testing.MockPolicy.USE_CODE
+    ):
+        result = load_example("mnist_rows").main(
+            ["--epochs", "1", "--batch-size", "8", "--units", "8", "--no-plot"]
+        )
+    out = capsys.readouterr().out
+    assert result["source"] == "mnist" and "SYNTHETIC" not in out
+    assert "trivial baseline (" in out and "beats the baseline:" in out
