@@ -94,7 +94,7 @@ def load_data(args):
     texts, labels = synthetic_reviews(n + n // 4, seed=0)
     print(
         f"SYNTHETIC reviews: {n} training and {n // 4} held-out (not IMDB); "
-        f"e.g. {texts[0]!r} (label {labels[0]})"
+        f"e.g. {str(texts[0])!r} (label {labels[0]})"
     )
     train = tf.data.Dataset.from_tensor_slices((texts[:n], labels[:n]))
     test = tf.data.Dataset.from_tensor_slices((texts[n:], labels[n:]))
