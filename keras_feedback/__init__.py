@@ -17,7 +17,15 @@ import sys
 
 from keras_feedback.version import __version__
 
-_NAMESPACES = ("activations", "datasets", "export", "layers", "seq2seq", "training")
+_NAMESPACES = (
+    "activations",
+    "cores",
+    "datasets",
+    "export",
+    "layers",
+    "seq2seq",
+    "training",
+)
 __all__ = ["__version__", *_NAMESPACES]
 
 

@@ -9,7 +9,8 @@ import numpy as np
 ACTIVATIONS = {
     "tanh": np.tanh,
     "sigmoid": lambda x: 1.0 / (1.0 + np.exp(-x)),
-    "relu": lambda x: np.maximum(x, 0.0),
+    # Complex-safe (complex-step derivatives): the real part decides.
+    "relu": lambda x: np.where(np.real(x) > 0, x, 0.0),
     "linear": lambda x: x,
     None: lambda x: x,
 }
@@ -36,11 +37,27 @@ def feedback_step(w, x, h, carry, c, cfg):
     xin = x @ w["kernel"]
     if fb:
         xin = xin + c @ w["feedback_recurrent_kernel"]
-    rec = h @ w["recurrent_kernel"]
     new_carry = None
+    if core == "indrnn":
+        # Li et al. 2018: an elementwise recurrent weight u.
+        h_new = act(xin + w["recurrent_kernel"] * h + (bias if bias is not None else 0))
+    elif core == "gru" and not cfg.get("reset_after", True):
+        # Cho et al. 2014, Keras's GRU(reset_after=False): r multiplies h
+        # before U_h; one bias.
+        if bias is not None:
+            xin = xin + bias
+        u = w["recurrent_kernel"]
+        units = u.shape[0]
+        xz, xr, xh = np.split(xin, 3, axis=-1)
+        z = rec_act(xz + h @ u[:, :units])
+        r = rec_act(xr + h @ u[:, units : 2 * units])
+        cand = act(xh + (r * h) @ u[:, 2 * units :])
+        h_new = z * h + (1 - z) * cand
+    if core in ("simple", "gru", "lstm"):
+        rec = h @ w["recurrent_kernel"]
     if core == "simple":
         h_new = act(xin + rec + (bias if bias is not None else 0))
-    elif core == "gru":
+    elif core == "gru" and cfg.get("reset_after", True):
         if bias is not None:
             xin = xin + bias[0]
             rec = rec + bias[1]
@@ -50,7 +67,7 @@ def feedback_step(w, x, h, carry, c, cfg):
         r = rec_act(xr + rr)
         cand = act(xh + r * rh)
         h_new = z * h + (1 - z) * cand
-    else:
+    elif core == "lstm":
         pre = xin + rec + (bias if bias is not None else 0)
         i, f, g, o = np.split(pre, 4, axis=-1)
         new_carry = rec_act(f) * carry + rec_act(i) * act(g)

@@ -126,7 +126,6 @@ def test_keras_configs_build_feedback_layers(rng):
 @pytest.mark.parametrize(
     "arguments,match",
     [
-        ({"reset_after": False}, "Argument `reset_after`.*reset_after=False"),
         ({"use_cudnn": "yes"}, "Argument `use_cudnn` must be 'auto', True or False"),
         ({"time_major": True}, "Argument `time_major`.*time_major=True"),
     ],
@@ -158,8 +157,6 @@ def test_bad_inputs_and_keras_weight_files(tmp_path):
         TypeError, match="Argument `layer` must be a keras.layers.Simple"
     ):
         Feedback.from_keras(keras.layers.Dense(3))
-    with pytest.raises(ValueError, match="Argument `reset_after`"):
-        Feedback.from_keras(keras.layers.GRU(3, reset_after=False))
     with pytest.raises(TypeError, match="Argument `model` must be a keras.Model"):
         convert(keras.layers.GRU(3))
 

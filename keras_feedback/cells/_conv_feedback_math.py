@@ -8,12 +8,12 @@ code for both cells. Only the input projection differs: one convolution of
 every time step at once, with the layer's strides, padding and dilation.
 
 For state maps of ``height x width`` with ``F = filters``, ``Fc =
-feedback_filters``, ``O = output_filters`` and ``G`` gates, the parameters
+feedback_filters``, ``O = output_filters`` and ``G`` the core's width, the parameters
 are those of ``_feedback_math`` with convolution kernels:
 
-    kernel (kh, kw, C, G*F), recurrent_kernel (kh, kw, F, G*F)
-    bias (G*F), or (2, G*F) for gru
-    feedback_recurrent_kernel (kh, kw, Fc, G*F)   U_c
+    kernel (kh, kw, C, G), the core's weights (a "linear" one is
+    (kh, kw, in, out): recurrent_kernel (kh, kw, F, G) for the built-ins)
+    feedback_recurrent_kernel (kh, kw, Fc, G)     U_c
     feedback_kernel (kh, kw, F, Fc), feedback_bias (Fc)   W_c, b_c
     attention_kernel (1, 1, F+Fc, F), attention_bias (F)  W_α, b_α (per pixel)
     output_kernel (1, 1, F+Fc, O), output_bias (O)        W_y, b_y (per pixel)
@@ -101,7 +101,7 @@ def project_inputs(spec, params, inputs):
             steps at once (convolved as one ``(B*T, H, W, C)`` batch).
 
     Returns:
-        The projected maps, ``(B, h, w, G*F)`` or ``(B, T, h, w, G*F)``.
+        The projected maps, ``(B, h, w, G)`` or ``(B, T, h, w, G)``.
     """
     kernel = params["kernel"]
     sequence = inputs.shape.rank == 5
@@ -118,9 +118,9 @@ def project_inputs(spec, params, inputs):
     )
     # Conv2D returns its input's shape for an empty batch: say it.
     projected = tf.reshape(projected, [-1, spec.height, spec.width, kernel.shape[-1]])
-    if spec.cell.use_bias:
-        bias = params["bias"]
-        projected = projected + (bias[0] if spec.cell.core == "gru" else bias)
+    bias = _feedback_math.input_bias(spec.cell, params)
+    if bias is not None:
+        projected = projected + bias
     if sequence:
         lead = tf.shape(inputs)[:2]
         projected = tf.reshape(projected, tf.concat([lead, tf.shape(projected)[1:]], 0))
@@ -133,7 +133,7 @@ def step(spec, params, projected, states, recurrent_mask=None):
     Args:
         spec: the ``ConvStepSpec``.
         params: dict of parameter tensors (convolution kernels).
-        projected: ``project_inputs`` of this step, ``(B, h, w, G*F)``.
+        projected: ``project_inputs`` of this step, ``(B, h, w, G)``.
         states: list of ``(B, h, w, channels)`` state maps.
         recurrent_mask: optional ``(B, h, w, F)`` recurrent dropout mask.
 
@@ -163,7 +163,7 @@ def make_recurrence(spec):
     inputs are ``project_inputs`` of the sequences, flattened. Cached, so an
     engine sees one recurrence per spec.
     """
-    gate_channels = spec.cell.gates * spec.cell.units
+    gate_channels = spec.cell.width
 
     def step_fn(params, projected, states, products=None):
         states = [to_maps(spec, s, n) for s, n in zip(states, spec.state_channels)]

@@ -3,14 +3,17 @@
 Nothing here owns a variable or knows about time. ``FeedbackCell`` (in
 ``keras_feedback.layers``) owns the weights and hands ``project_inputs`` and
 ``step`` to an engine, which runs them over a sequence. With
-``feedback_units == 0`` the math is exactly Keras's ``SimpleRNNCell``,
-``GRUCell`` (``reset_after=True``) and ``LSTMCell``.
+``feedback_units == 0`` and a built-in core the math is exactly Keras's
+``SimpleRNNCell``, ``GRUCell`` and ``LSTMCell``.
 
-For hidden size H, feedback size F, gate count G (1, 3, 4 for simple, gru,
-lstm) the parameters are:
+The core (``keras_feedback.cores``) is the update of ``h`` and its own
+states; this module composes it with what every core shares. For hidden
+size H, feedback size F and the core's projected width G (``core.width(H)``:
+H, 3H, 4H for simple, gru, lstm) the parameters are:
 
-    kernel (D, G*H), recurrent_kernel (H, G*H), bias (G*H) or (2, G*H) for gru
-    feedback_recurrent_kernel (F, G*H)       U_c: c_{t-1} into the core
+    kernel (D, G)                            the input projection
+    the core's own weights (``core.weights(H)``: recurrent_kernel, bias, ...)
+    feedback_recurrent_kernel (F, G)         U_c: c_{t-1} into the core
     feedback_kernel (H, F), feedback_bias (F)      W_c, b_c
     attention_kernel (H+F, H), attention_bias (H)  W_α, b_α
     output_kernel (H+F, O), output_bias (O)        W_y, b_y
@@ -22,7 +25,7 @@ lstm) the parameters are:
     memory_score_kernel (A)                v (additive)
     memory_output_kernel (H+M_d, H), memory_output_bias (H)
                                            h̃_t = tanh(W_m [h_t; ctx_t] + b_m)
-    input_feeding_kernel (H, G*H)          h̃_{t-1} into the core
+    input_feeding_kernel (H, G)            h̃_{t-1} into the core
     activation, recurrent_activation, feedback_activation, output_activation:
         for a parametric activation only, the dict of its tensors
         (``keras_feedback.activations.ParametricActivation``); the spec then
@@ -41,12 +44,12 @@ from typing import Optional
 import tensorflow as tf
 
 from keras_feedback.activations._learnable import PureActivation
+from keras_feedback.cores._base import Core
+from keras_feedback.cores._base import StepOps
 from keras_feedback.engine._contract import Deferred
 from keras_feedback.engine._contract import Recurrence
 
-CORES = ("simple", "gru", "lstm")
 MEMORY_ATTENTIONS = ("additive", "dot", "scaled_dot")
-GATES = {"simple": 1, "gru": 3, "lstm": 4}
 LAYER_NORM_EPSILON = 1e-3
 
 
@@ -54,7 +57,7 @@ LAYER_NORM_EPSILON = 1e-3
 class StepSpec:
     """Static description of a feedback cell: everything that is not a tensor."""
 
-    core: str
+    core: Core
     units: int
     feedback_units: int
     output_units: Optional[int]
@@ -81,15 +84,20 @@ class StepSpec:
         return self.memory_attention == "additive" or self.memory_units is not None
 
     @property
-    def gates(self):
-        return GATES[self.core]
+    def width(self):
+        """The size ``G`` of the projected input."""
+        return self.core.width(self.units)
+
+    @property
+    def core_states(self):
+        """How many of the states are the core's (``h`` first)."""
+        return len(self.core.state_names)
 
     @property
     def state_size(self):
-        """Sizes of the state tensors, in order: h, (LSTM carry), (feedback c)."""
-        sizes = [self.units]
-        if self.core == "lstm":
-            sizes.append(self.units)
+        """Sizes of the state tensors, in order: the core's (h first),
+        (feedback c), (attentional, with input feeding)."""
+        sizes = list(self.core.state_sizes(self.units))
         if self.feedback_units:
             sizes.append(self.feedback_units)
         if self.input_feeding:
@@ -115,7 +123,7 @@ def input_bias(spec, params):
     """The bias of the input projection (its input part for gru), or None."""
     if not spec.use_bias:
         return None
-    return params["bias"][0] if spec.core == "gru" else params["bias"]
+    return spec.core.input_bias(params)
 
 
 def project_inputs(spec, params, inputs, bias=True):
@@ -136,8 +144,9 @@ def project_inputs(spec, params, inputs, bias=True):
         projected = tf.reshape(
             tf.matmul(flat, kernel), tf.concat([lead, tf.shape(kernel)[-1:]], 0)
         )
-    if bias and spec.use_bias:
-        projected = projected + input_bias(spec, params)
+    bias = input_bias(spec, params) if bias else None
+    if bias is not None:
+        projected = projected + bias
     return projected
 
 
@@ -163,13 +172,13 @@ def _layer_norm(spec, params, x):
 
 
 def _split_states(spec, states):
-    """``(h, carry, c, attentional)``, None for those the cell has not."""
+    """``(core states, c, attentional)``, None for those the cell has not."""
     states = list(states)
-    h = states.pop(0)
-    carry = states.pop(0) if spec.core == "lstm" else None
+    core = states[: spec.core_states]
+    del states[: spec.core_states]
     c = states.pop(0) if spec.feedback_units else None
     attentional = states.pop(0) if spec.input_feeding else None
-    return h, carry, c, attentional
+    return core, c, attentional
 
 
 def memory_params(spec, params, memory, memory_mask=None):
@@ -236,54 +245,6 @@ def _attend(spec, params, memory, h):
     return tf.tanh(attentional)
 
 
-def _product(params, products, name, x):
-    """``linear(x, params[name])``, or the engine's ``products[name]``."""
-    if products is not None and name in products:
-        return products[name]
-    return linear(x, params[name])
-
-
-def _core(spec, params, projected, h_prev, carry, recurrent_input, products=None):
-    """The core update ``f``; returns (candidate h, new LSTM carry or None).
-
-    In half precision the matmuls run in the compute dtype and the gates'
-    elementwise math in float32 (``spec``'s learnable activations bound to
-    float32 parameters, see ``step``), cast back once: TensorFlow's float16
-    and bfloat16 elementwise kernels convert every element on their own
-    (measured, an LSTM's loop on TensorFlow's kernels in bfloat16, B=64,
-    T=100: 1.49x faster at H=128, 1.11x at H=512).
-    """
-    recurrent = _product(params, products, "recurrent_kernel", recurrent_input)
-    dtype = projected.dtype
-    wide = _wide(dtype)
-
-    def up(x):
-        return x if wide is None else tf.cast(x, wide)
-
-    def down(x):
-        return x if wide is None else tf.cast(x, dtype)
-
-    if spec.core == "simple":
-        return down(spec.activation(up(projected + recurrent))), None
-    if spec.core == "gru":
-        if spec.use_bias:
-            recurrent = recurrent + params["bias"][1]
-        x_z, x_r, x_h = tf.split(projected, 3, axis=-1)
-        r_z, r_r, r_h = tf.split(recurrent, 3, axis=-1)
-        z = spec.recurrent_activation(up(x_z + r_z))
-        r = spec.recurrent_activation(up(x_r + r_r))
-        candidate = spec.activation(up(x_h) + r * up(r_h))
-        return down(z * up(h_prev) + (1 - z) * candidate), None
-    # One split (its gradient is one concatenation) rather than four slices.
-    z_i, z_f, z_g, z_o = tf.split(up(projected + recurrent), 4, axis=-1)
-    i = spec.recurrent_activation(z_i)
-    f = spec.recurrent_activation(z_f)
-    g = spec.activation(z_g)
-    o = spec.recurrent_activation(z_o)
-    new_carry = f * up(carry) + i * g
-    return down(o * spec.activation(new_carry)), down(new_carry)
-
-
 def _wide(dtype):
     """float32 for a half ``dtype`` (the gates' math runs in it), else None."""
     return tf.float32 if dtype in (tf.float16, tf.bfloat16) else None
@@ -319,21 +280,30 @@ def bind_activations(spec, params, dtype=None):
 
 
 def step(
-    spec, params, projected, states, recurrent_mask=None, products=None, memory=None
+    spec,
+    params,
+    projected,
+    states,
+    recurrent_mask=None,
+    products=None,
+    memory=None,
+    candidate_term=None,
 ):
     """One time step of the feedback cell.
 
     Args:
         spec: the cell's ``StepSpec``.
         params: dict of parameter tensors (names in the module docstring).
-        projected: ``project_inputs`` of this step's input, ``(B, G*H)``.
+        projected: ``project_inputs`` of this step's input, ``(B, G)``.
         states: list of state tensors, sizes ``spec.state_size``.
         recurrent_mask: optional ``(B, H)`` recurrent dropout mask applied to
-            ``h_{t-1}`` where it enters the recurrent matmul.
+            ``h_{t-1}`` where it enters the core's recurrent products.
         products: optional dict kernel name -> the product the step would
             compute with it (``U h_{t-1}``, ``U_c c_{t-1}``), supplied by an
-            engine instead (see ``make_step_fn``).
+            engine instead (see ``make_recurrence``).
         memory: with memory attention, ``memory_params`` of the memory.
+        candidate_term: optional ``(B, H)`` term the core adds to its
+            candidate (``Core.update``).
 
     Returns:
         ``(y, new_states, trace)``: the output ``(B, output_size)``, the new
@@ -342,27 +312,34 @@ def step(
     wide = _wide(projected.dtype)
     bound = bind_activations(spec, params)
     # The core's activations take float32 parameters in half precision
-    # (see ``_core``).
+    # (see ``StepOps.up``).
     core_spec = bound if wide is None else bind_activations(spec, params, wide)
     spec = bound
-    h_prev, carry, c_prev, attentional_prev = _split_states(spec, states)
+    core_states, c_prev, attentional_prev = _split_states(spec, states)
     if spec.feedback_units:
-        projected = projected + _product(
+        projected = projected + _linear_product(
             params, products, "feedback_recurrent_kernel", c_prev
         )
     if spec.input_feeding:
-        projected = projected + _product(
+        projected = projected + _linear_product(
             params, products, "input_feeding_kernel", attentional_prev
         )
-    recurrent_input = h_prev if recurrent_mask is None else h_prev * recurrent_mask
-    h, new_carry = _core(
-        core_spec, params, projected, h_prev, carry, recurrent_input, products
+    h_prev = core_states[0]
+    ops = StepOps(
+        params,
+        h_prev if recurrent_mask is None else h_prev * recurrent_mask,
+        core_spec.activation,
+        core_spec.recurrent_activation,
+        products,
+        linear,
     )
+    new_states = list(spec.core.update(ops, projected, core_states, candidate_term))
+    h = new_states[0]
     if spec.layer_norm:
         h = _layer_norm(spec, params, h)
     if spec.residual:
         h = h_prev + h
-    new_states = [h] if new_carry is None else [h, new_carry]
+    new_states[0] = h
     c = None
     if spec.feedback_units:
         c = linear(h, params["feedback_kernel"])
@@ -379,6 +356,13 @@ def step(
     return output, new_states, trace
 
 
+def _linear_product(params, products, name, x):
+    """``linear(x, params[name])``, or the engine's ``products[name]``."""
+    if products is not None and name in products:
+        return products[name]
+    return linear(x, params[name])
+
+
 def _needs_memory(memory):
     if memory is None:
         raise ValueError(
@@ -393,7 +377,8 @@ def readout(spec, params, states, memory=None):
     a step returned give: a step's output is a function of its new states
     (and the memory) alone."""
     spec = bind_activations(spec, params)
-    h, _, c, attentional = _split_states(spec, states)
+    core_states, c, attentional = _split_states(spec, states)
+    h = core_states[0]
     if spec.memory_attention and attentional is None:
         attentional = _attend(spec, params, _needs_memory(memory), h)
     return _readout(spec, params, h, c, attentional)[0]
@@ -442,8 +427,9 @@ def make_recurrence(spec, project=True):
 
     def step_fn(params, projected, states, products=None):
         weights = params["weights"]
-        if project and spec.use_bias:
-            projected = projected + input_bias(spec, weights)
+        bias = input_bias(spec, weights) if project else None
+        if bias is not None:
+            projected = projected + bias
         return step(
             spec,
             weights,
@@ -472,7 +458,8 @@ def _deferred_linears(spec):
     ``U h_{t-1}`` and, with feedback, ``U_c c_{t-1}``; with input feeding
     ``W_f h̃_{t-1}`` (see ``Deferred``)."""
     deferred = [
-        Deferred(("weights", "recurrent_kernel"), _recurrent_input, spec.core != "gru")
+        Deferred(("weights", name), _recurrent_input, additive)
+        for name, additive in spec.core.deferred()
     ]
     if spec.feedback_units:
         feedback = _second_last_state if spec.input_feeding else _last_state

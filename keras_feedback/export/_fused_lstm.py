@@ -38,6 +38,7 @@ import tensorflow as tf
 from keras_feedback import activations
 from keras_feedback import engine as engines
 from keras_feedback._checks import check_bool
+from keras_feedback.cores import LSTMCore
 from keras_feedback.export import _common
 from keras_feedback.export import _trace
 from keras_feedback.layers._feedback import Feedback
@@ -91,7 +92,8 @@ def problem(layer):
     differences = [
         f"{name}={value!r}"
         for name, value, keras_value in [
-            ("core", spec.core, "lstm"),
+            # Any LSTMCore (unit_forget_bias only changes the initial bias).
+            ("core", "lstm" if type(spec.core) is LSTMCore else cell.core, "lstm"),
             ("feedback_units", spec.feedback_units, 0),
             ("output_units", spec.output_units, None),
             ("attention", spec.attention, False),

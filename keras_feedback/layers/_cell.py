@@ -15,11 +15,14 @@ import keras
 import tensorflow as tf
 
 from keras_feedback import activations
+from keras_feedback import cores
 from keras_feedback._checks import check_bool
 from keras_feedback.cells import _feedback_math as math
 
 # An activation: a name, a callable, or a learnable activation instance.
 ActivationLike = Union[str, Callable, None]
+# A core: an alias ("gru", ...), a keras_feedback.cores.Core, its config.
+CoreLike = Union[str, cores.Core, dict]
 # What keras.initializers.get / regularizers.get / constraints.get take.
 InitializerLike = Union[str, dict, keras.initializers.Initializer, Callable]
 RegularizerLike = Union[str, dict, keras.regularizers.Regularizer, Callable, None]
@@ -57,8 +60,6 @@ MEMORY_ARGS = (
     "memory_regularizer",
     "memory_constraint",
 )
-# The names of the state tensors, in order (those a cell has).
-STATE_NAMES = ("h", "carry", "c", "attentional")
 
 
 def check_int(name, value, minimum, allow_none=False):
@@ -72,6 +73,37 @@ def check_int(name, value, minimum, allow_none=False):
             f"Argument `{name}` must be {kind} integer{none}, got {value!r}"
         )
     return value
+
+
+# The cell arguments that configure one core: argument -> the core's attribute.
+_CORE_OPTIONS = {"lstm": "unit_forget_bias", "gru": "reset_after"}
+
+
+def resolve_core(core, unit_forget_bias=None, reset_after=None):
+    """The ``Core`` of a cell's ``core`` argument, with the arguments that
+    configure a built-in core (Keras's ``LSTM(unit_forget_bias=...)``,
+    ``GRU(reset_after=...)``): they set the option of a core given by its
+    alias, must agree with a core object's, and are ignored by the cores
+    that have no such option (as a GRU ignores ``unit_forget_bias``)."""
+    options = {"unit_forget_bias": unit_forget_bias, "reset_after": reset_after}
+    for name, value in options.items():
+        if value is not None:
+            check_bool(name, value)
+    given = {k: v for k, v in options.items() if v is not None}
+    if isinstance(core, str) and core in _CORE_OPTIONS:
+        option = _CORE_OPTIONS[core]
+        resolved = cores.get(core)
+        if option in given:
+            resolved = type(resolved)(**{option: given[option]})
+        return resolved
+    resolved = cores.get(core)
+    for name, value in given.items():
+        if hasattr(resolved, name) and getattr(resolved, name) != value:
+            raise ValueError(
+                f"Argument `{name}`={value!r} contradicts `core`={resolved!r}: "
+                f"leave `{name}` out, or pass a core with {name}={value!r}"
+            )
+    return resolved
 
 
 def _check_rate(name, value):
@@ -115,9 +147,9 @@ class FeedbackCellBase(keras.layers.Layer):
         self,
         units: int,
         feedback_units: Optional[int] = None,
-        core: str = "gru",
-        activation: ActivationLike = "tanh",
-        recurrent_activation: ActivationLike = "sigmoid",
+        core: CoreLike = "gru",
+        activation: ActivationLike = None,
+        recurrent_activation: ActivationLike = None,
         feedback_activation: ActivationLike = "sigmoid",
         output_units: Optional[int] = None,
         output_activation: ActivationLike = None,
@@ -146,7 +178,8 @@ class FeedbackCellBase(keras.layers.Layer):
         output_constraint: ConstraintLike = None,
         memory_constraint: ConstraintLike = None,
         bias_constraint: ConstraintLike = None,
-        unit_forget_bias: bool = True,
+        unit_forget_bias: Optional[bool] = None,
+        reset_after: Optional[bool] = None,
         dropout: float = 0.0,
         recurrent_dropout: float = 0.0,
         seed: Optional[int] = None,
@@ -161,10 +194,7 @@ class FeedbackCellBase(keras.layers.Layer):
             feedback_units = units
         check_int(names["feedback_units"], feedback_units, 0)
         check_int(names["output_units"], output_units, 1, allow_none=True)
-        if core not in math.CORES:
-            raise ValueError(
-                f"Argument `core` must be one of {math.CORES}, got {core!r}"
-            )
+        core = resolve_core(core, unit_forget_bias, reset_after)
         dropout = _check_rate("dropout", dropout)
         recurrent_dropout = _check_rate("recurrent_dropout", recurrent_dropout)
         input_feeding = self._check_memory_attention(
@@ -173,7 +203,15 @@ class FeedbackCellBase(keras.layers.Layer):
         super().__init__(**kwargs)
         self.units = units
         self.feedback_units = feedback_units
-        self.core = core
+        self.core_object = core
+        # What `core` reads back as (and the config writes): the alias of a
+        # built-in core with default options, else the core itself.
+        alias = cores.serialize(core)
+        self.core = alias if isinstance(alias, str) else core
+        if activation is None:
+            activation = core.default_activation
+        if recurrent_activation is None:
+            recurrent_activation = core.default_recurrent_activation
         self.activation = activations.get(activation)
         self.recurrent_activation = activations.get(recurrent_activation)
         self.feedback_activation = activations.get(feedback_activation)
@@ -212,7 +250,6 @@ class FeedbackCellBase(keras.layers.Layer):
                 if group != "memory" or memory_attention is not None:
                     value = getter(value)
                 setattr(self, f"{group}_{kind}", value)
-        self.unit_forget_bias = check_bool("unit_forget_bias", unit_forget_bias)
         self.dropout = dropout
         self.recurrent_dropout = recurrent_dropout
         self.seed = seed
@@ -329,21 +366,27 @@ class FeedbackCellBase(keras.layers.Layer):
             constraint=getattr(self, f"{group}_constraint"),
         )
 
-    def _bias_initializer(self):
-        if self.core != "lstm" or not self.unit_forget_bias:
-            return self.bias_initializer
-        units, init = self.units, self.bias_initializer
+    # Keras's names for the options of the built-in cores.
+    unit_forget_bias = property(
+        lambda self: getattr(self.core_object, "unit_forget_bias", None)
+    )
+    reset_after = property(lambda self: getattr(self.core_object, "reset_after", None))
 
-        def initializer(shape, dtype=None):
-            return keras.ops.concatenate(
-                [
-                    init((units,), dtype=dtype),
-                    keras.initializers.get("ones")((units,), dtype=dtype),
-                    init((2 * units,), dtype=dtype),
-                ]
-            )
-
-        return initializer
+    def _add_core_weight(self, weight):
+        shape = weight.shape
+        if weight.linear:
+            shape = self.kernel_shape(shape[1], shape[2])
+        initializer = getattr(self, f"{weight.group}_initializer")
+        if weight.initializer is not None:
+            initializer = weight.initializer(initializer)
+        variable = self.add_weight(
+            name=weight.name,
+            shape=shape,
+            initializer=initializer,
+            regularizer=getattr(self, f"{weight.group}_regularizer"),
+            constraint=weight.constraint or getattr(self, f"{weight.group}_constraint"),
+        )
+        setattr(self, weight.name, variable)
 
     def load_own_variables(self, store):
         if self.weights and not len(store.keys()):
@@ -360,15 +403,12 @@ class FeedbackCellBase(keras.layers.Layer):
         """Creates every weight, for inputs of ``features`` channels (and,
         with memory attention, a memory of ``memory_features``)."""
         units, fb, out = self.units, self.feedback_units, self.output_units
-        width = self.spec.gates * units
+        width = self.spec.width
         shape = self.kernel_shape
         self.kernel = self._add("kernel", shape(features, width), "kernel")
-        self.recurrent_kernel = self._add(
-            "recurrent_kernel", shape(units, width), "recurrent"
-        )
-        if self.use_bias:
-            bias_shape = (2, width) if self.core == "gru" else (width,)
-            self.bias = self._add("bias", bias_shape, "bias", self._bias_initializer())
+        for weight in self.core_object.weights(units):
+            if weight.group != "bias" or self.use_bias:
+                self._add_core_weight(weight)
         if fb:
             self.feedback_recurrent_kernel = self._add(
                 "feedback_recurrent_kernel", shape(fb, width), "feedback"
@@ -552,9 +592,10 @@ class FeedbackCellBase(keras.layers.Layer):
 
     @property
     def state_names(self):
-        """The names of the states, in order: ``h``, ``carry`` (lstm), ``c``
-        (with feedback), ``attentional`` (with input feeding)."""
-        names = ["h"] + (["carry"] if self.core == "lstm" else [])
+        """The names of the states, in order: the core's (``h``, ``carry``
+        for lstm), ``c`` (with feedback), ``attentional`` (with input
+        feeding)."""
+        names = list(self.core_object.state_names)
         names += ["c"] if self.feedback_units else []
         return names + (["attentional"] if self.input_feeding else [])
 
@@ -571,7 +612,7 @@ class FeedbackCellBase(keras.layers.Layer):
         config = {
             names["units"]: self.units,
             names["feedback_units"]: self.feedback_units,
-            "core": self.core,
+            "core": cores.serialize(self.core_object),
             "activation": _serialize_activation(self.activation),
             "recurrent_activation": _serialize_activation(self.recurrent_activation),
             "feedback_activation": _serialize_activation(self.feedback_activation),
@@ -581,7 +622,6 @@ class FeedbackCellBase(keras.layers.Layer):
             "residual": self.residual,
             "layer_norm": self.layer_norm,
             "use_bias": self.use_bias,
-            "unit_forget_bias": self.unit_forget_bias,
             "dropout": self.dropout,
             "recurrent_dropout": self.recurrent_dropout,
             "seed": self.seed,

@@ -21,6 +21,7 @@ from keras_feedback.cells import _conv_feedback_math as conv_math
 from keras_feedback.cells import _feedback_math as math
 from keras_feedback.layers._cell import ActivationLike
 from keras_feedback.layers._cell import ConstraintLike
+from keras_feedback.layers._cell import CoreLike
 from keras_feedback.layers._cell import FeedbackCellBase
 from keras_feedback.layers._cell import InitializerLike
 from keras_feedback.layers._cell import RegularizerLike
@@ -278,11 +279,15 @@ class ConvFeedback2D(FeedbackRNN):
         dilation_rate: int or tuple of 2 ints, of the input convolution.
         feedback_filters: non-negative int, channels of the feedback maps
             ``c``. Defaults to ``filters``; ``0`` removes the feedback loop.
-        core: ``"simple"``, ``"gru"`` or ``"lstm"``.
-        activation: activation of the core (candidate for gru/lstm), as in
+        core: ``"simple"``, ``"gru"``, ``"lstm"``, ``"indrnn"`` or a
+            ``keras_feedback.cores.Core`` (its linear weights become
+            convolutions).
+        activation: activation of the core (candidate for gru/lstm); None
+            (default): the core's. As in
             ``keras_feedback.layers.FeedbackCell``; learnable activations
             included (per-unit parameters follow the channels).
-        recurrent_activation: activation of the gru/lstm gates.
+        recurrent_activation: activation of the gru/lstm gates; None
+            (default): the core's (``"sigmoid"``).
         feedback_activation: activation ``σ`` of the feedback maps.
         output_activation: ``g`` of the output readout, default linear.
         output_filters: optional positive int, adds the 1x1 output readout.
@@ -308,7 +313,8 @@ class ConvFeedback2D(FeedbackRNN):
         attention_constraint: optional constraint of the attention kernel ``W_α``.
         output_constraint: optional constraint of the output kernel ``W_y``.
         bias_constraint: optional constraint of every bias.
-        unit_forget_bias: bool, lstm only: forget-gate bias starts at 1.
+        unit_forget_bias: None or bool, lstm only: forget-gate bias starts
+            at 1; None: the core's (as in ``FeedbackCell``).
         dropout: float in [0, 1), on the inputs (one mask for all steps).
         recurrent_dropout: float in [0, 1), on ``h_{t-1}`` in the recurrent
             convolution.
@@ -363,9 +369,9 @@ class ConvFeedback2D(FeedbackRNN):
         data_format: Optional[str] = None,
         dilation_rate: Union[int, Tuple[int, int]] = 1,
         feedback_filters: Optional[int] = None,
-        core: str = "gru",
-        activation: ActivationLike = "tanh",
-        recurrent_activation: ActivationLike = "sigmoid",
+        core: CoreLike = "gru",
+        activation: ActivationLike = None,
+        recurrent_activation: ActivationLike = None,
         feedback_activation: ActivationLike = "sigmoid",
         output_filters: Optional[int] = None,
         output_activation: ActivationLike = None,
@@ -391,7 +397,7 @@ class ConvFeedback2D(FeedbackRNN):
         attention_constraint: ConstraintLike = None,
         output_constraint: ConstraintLike = None,
         bias_constraint: ConstraintLike = None,
-        unit_forget_bias: bool = True,
+        unit_forget_bias: Optional[bool] = None,
         dropout: float = 0.0,
         recurrent_dropout: float = 0.0,
         seed: Optional[int] = None,

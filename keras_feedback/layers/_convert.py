@@ -1,7 +1,7 @@
 """From Keras's recurrent layers to ``Feedback``: ``Feedback.from_keras`` and ``convert``.
 
 A ``Feedback`` layer with ``feedback_units=0`` is Keras's ``SimpleRNN``,
-``GRU`` (``reset_after=True``) or ``LSTM``: the same weights, in the same
+``GRU`` (either ``reset_after``) or ``LSTM``: the same weights, in the same
 order, give the same outputs. These functions make that swap for a layer,
 a ``Bidirectional`` wrapper of one, or every such layer of a model.
 """
@@ -20,19 +20,12 @@ _CORES = {
 _DROPPED = ("activity_regularizer",)
 
 
-def keras_only_arguments(kwargs, reset_after=True, use_cudnn="auto"):
+def keras_only_arguments(kwargs, use_cudnn="auto"):
     """Checks the arguments of a Keras SimpleRNN/GRU/LSTM config that have
     no Feedback counterpart: accepted where Keras's meaning holds, else
     refused. Takes ``implementation`` (Keras's legacy choice of how the gate
     matmuls are grouped: any value, ignored, as Keras does) and
     ``time_major`` out of ``kwargs``."""
-    if reset_after is not True:
-        raise ValueError(
-            f"Argument `reset_after`: Feedback's GRU is Keras's default "
-            f"reset_after=True form (the reset gate applied after the recurrent "
-            f"matmul, as cuDNN computes it); got reset_after={reset_after!r}, "
-            "whose weights (one bias vector) have no equivalent here"
-        )
     if use_cudnn not in ("auto", True, False):
         raise ValueError(
             "Argument `use_cudnn` must be 'auto', True or False (Keras's values; "
@@ -77,9 +70,7 @@ def _feedback_from(layer):
             "does not take; remove it (add it to the next layer) before converting"
         )
     # A clear error, not from_config's:
-    keras_only_arguments(
-        dict(config), config.get("reset_after", True), config.get("use_cudnn", "auto")
-    )
+    keras_only_arguments(dict(config), config.get("use_cudnn", "auto"))
     converted = Feedback.from_config({**config, "core": core, "feedback_units": 0})
     if layer.built:
         states = _stateful_values(layer)

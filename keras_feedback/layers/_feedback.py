@@ -18,6 +18,7 @@ from keras_feedback.cells import _feedback_math as math
 from keras_feedback.layers import _convert
 from keras_feedback.layers._cell import ActivationLike
 from keras_feedback.layers._cell import ConstraintLike
+from keras_feedback.layers._cell import CoreLike
 from keras_feedback.layers._cell import FeedbackCellBase
 from keras_feedback.layers._cell import InitializerLike
 from keras_feedback.layers._cell import RegularizerLike
@@ -37,8 +38,8 @@ class FeedbackCell(FeedbackCellBase):
         y_t = output_activation(W_y [α_t ⊙ h_t; c_t] + b_y)   # if output_units
 
     With ``feedback_units=0``, no attention and no output projection the cell
-    is exactly Keras's ``SimpleRNNCell``, ``GRUCell`` (``reset_after=True``)
-    or ``LSTMCell``: same weights in the same order, same outputs. The cell
+    and a built-in core is exactly Keras's ``SimpleRNNCell``, ``GRUCell``
+    (either ``reset_after``) or ``LSTMCell``: same weights in the same order, same outputs. The cell
     follows the Keras cell contract, so it also runs inside
     ``keras.layers.RNN`` and ``keras.layers.StackedRNNCells``; prefer the
     ``Feedback`` layer, which projects all inputs at once and uses the
@@ -48,15 +49,18 @@ class FeedbackCell(FeedbackCellBase):
         units: positive int, size of the hidden state ``h``.
         feedback_units: non-negative int, size of the feedback signal ``c``.
             Defaults to ``units``; ``0`` removes the feedback loop.
-        core: ``"simple"`` (Elman), ``"gru"`` or ``"lstm"``.
-        activation: activation of the core (candidate for gru/lstm).
-            Default ``"tanh"``. Any name ``keras_feedback.activations.get``
+        core: the recurrent update ``f``: ``"simple"`` (Elman), ``"gru"``,
+            ``"lstm"``, ``"indrnn"``, or a ``keras_feedback.cores.Core``
+            (``GRUCore(reset_after=False)``, ``IndRNNCore(...)``, your
+            own).
+        activation: activation of the core (candidate for gru/lstm). None
+            (default): the core's (``"tanh"``; ``"relu"`` for IndRNN). Any name ``keras_feedback.activations.get``
             accepts, or a callable, or a learnable activation instance
             (``keras_feedback.activations.Pade("relu")``, ...: the cell
             builds its parameters for the width the activation is applied
             to, after its own weights).
-        recurrent_activation: activation of the gru/lstm gates. Default
-            ``"sigmoid"``.
+        recurrent_activation: activation of the gru/lstm gates; None
+            (default): the core's (``"sigmoid"``).
         feedback_activation: activation ``σ`` of the feedback signal.
             Default ``"sigmoid"``.
         output_units: optional positive int; adds the output projection
@@ -85,8 +89,15 @@ class FeedbackCell(FeedbackCellBase):
         attention_constraint: optional constraint of the attention kernel ``W_α``.
         output_constraint: optional constraint of the output kernel ``W_y``.
         bias_constraint: optional constraint of every bias.
-        unit_forget_bias: bool, lstm only: adds 1 to the forget gate bias at
-            initialisation (as Keras's ``LSTMCell``).
+        unit_forget_bias: None or bool, lstm only: adds 1 to the forget
+            gate bias at initialisation (as Keras's ``LSTMCell``); None:
+            the core's (``LSTMCore``'s default True). With ``core="lstm"``
+            it configures the core; a different value than a core object's
+            is an error.
+        reset_after: None or bool, gru only: Keras's ``GRU`` forms (True,
+            Keras's default: the reset gate after the recurrent matmul;
+            False: before it, one bias vector). None: the core's
+            (``GRUCore``'s default True); same rules as ``unit_forget_bias``.
         dropout: float in [0, 1), dropout rate on the inputs.
         recurrent_dropout: float in [0, 1), dropout rate on ``h_{t-1}`` in
             the recurrent matmul.
@@ -134,9 +145,9 @@ class FeedbackCell(FeedbackCellBase):
         self,
         units: int,
         feedback_units: Optional[int] = None,
-        core: str = "gru",
-        activation: ActivationLike = "tanh",
-        recurrent_activation: ActivationLike = "sigmoid",
+        core: CoreLike = "gru",
+        activation: ActivationLike = None,
+        recurrent_activation: ActivationLike = None,
         feedback_activation: ActivationLike = "sigmoid",
         output_units: Optional[int] = None,
         output_activation: ActivationLike = None,
@@ -165,7 +176,8 @@ class FeedbackCell(FeedbackCellBase):
         output_constraint: ConstraintLike = None,
         memory_constraint: ConstraintLike = None,
         bias_constraint: ConstraintLike = None,
-        unit_forget_bias: bool = True,
+        unit_forget_bias: Optional[bool] = None,
+        reset_after: Optional[bool] = None,
         dropout: float = 0.0,
         recurrent_dropout: float = 0.0,
         seed: Optional[int] = None,
@@ -209,6 +221,7 @@ class FeedbackCell(FeedbackCellBase):
             memory_constraint=memory_constraint,
             bias_constraint=bias_constraint,
             unit_forget_bias=unit_forget_bias,
+            reset_after=reset_after,
             dropout=dropout,
             recurrent_dropout=recurrent_dropout,
             seed=seed,
@@ -326,15 +339,18 @@ class Feedback(FeedbackRNN):
         units: positive int, size of the hidden state ``h``.
         feedback_units: non-negative int, size of the feedback signal ``c``.
             Defaults to ``units``; ``0`` removes the feedback loop.
-        core: ``"simple"`` (Elman), ``"gru"`` or ``"lstm"``.
-        activation: activation of the core (candidate for gru/lstm).
-            Default ``"tanh"``. Any name ``keras_feedback.activations.get``
+        core: the recurrent update ``f``: ``"simple"`` (Elman), ``"gru"``,
+            ``"lstm"``, ``"indrnn"``, or a ``keras_feedback.cores.Core``
+            (``GRUCore(reset_after=False)``, ``IndRNNCore(...)``, your
+            own).
+        activation: activation of the core (candidate for gru/lstm). None
+            (default): the core's (``"tanh"``; ``"relu"`` for IndRNN). Any name ``keras_feedback.activations.get``
             accepts, or a callable, or a learnable activation instance
             (``keras_feedback.activations.Pade("relu")``, ...: the cell
             builds its parameters for the width the activation is applied
             to, after its own weights).
-        recurrent_activation: activation of the gru/lstm gates. Default
-            ``"sigmoid"``.
+        recurrent_activation: activation of the gru/lstm gates; None
+            (default): the core's (``"sigmoid"``).
         feedback_activation: activation ``σ`` of the feedback signal.
             Default ``"sigmoid"``.
         output_units: optional positive int; adds the output projection
@@ -363,8 +379,15 @@ class Feedback(FeedbackRNN):
         attention_constraint: optional constraint of the attention kernel ``W_α``.
         output_constraint: optional constraint of the output kernel ``W_y``.
         bias_constraint: optional constraint of every bias.
-        unit_forget_bias: bool, lstm only: adds 1 to the forget gate bias at
-            initialisation (as Keras's ``LSTMCell``).
+        unit_forget_bias: None or bool, lstm only: adds 1 to the forget
+            gate bias at initialisation (as Keras's ``LSTMCell``); None:
+            the core's (``LSTMCore``'s default True). With ``core="lstm"``
+            it configures the core; a different value than a core object's
+            is an error.
+        reset_after: None or bool, gru only: Keras's ``GRU`` forms (True,
+            Keras's default: the reset gate after the recurrent matmul;
+            False: before it, one bias vector). None: the core's
+            (``GRUCore``'s default True); same rules as ``unit_forget_bias``.
         dropout: float in [0, 1), dropout rate on the inputs.
         recurrent_dropout: float in [0, 1), dropout rate on ``h_{t-1}`` in
             the recurrent matmul.
@@ -416,9 +439,6 @@ class Feedback(FeedbackRNN):
             the padding masked, so XLA compiles once per bucket rather than
             once per length. The results of the real steps do not change and
             sequence outputs keep the caller's length. None: no padding.
-        reset_after: bool, accepted so that a Keras ``GRU`` config builds a
-            ``Feedback`` layer: True (Keras's default form) means here what
-            it means in Keras; False is refused with the reason.
         use_cudnn: ``"auto"``, True or False, kept as ``self.use_cudnn`` as
             Keras's layers keep it (``Bidirectional`` copies it). Feedback
             runs its own engines, never cuDNN: True fails when the layer is
@@ -455,9 +475,9 @@ class Feedback(FeedbackRNN):
         self,
         units: int,
         feedback_units: Optional[int] = None,
-        core: str = "gru",
-        activation: ActivationLike = "tanh",
-        recurrent_activation: ActivationLike = "sigmoid",
+        core: CoreLike = "gru",
+        activation: ActivationLike = None,
+        recurrent_activation: ActivationLike = None,
         feedback_activation: ActivationLike = "sigmoid",
         output_units: Optional[int] = None,
         output_activation: ActivationLike = None,
@@ -486,7 +506,8 @@ class Feedback(FeedbackRNN):
         output_constraint: ConstraintLike = None,
         memory_constraint: ConstraintLike = None,
         bias_constraint: ConstraintLike = None,
-        unit_forget_bias: bool = True,
+        unit_forget_bias: Optional[bool] = None,
+        reset_after: Optional[bool] = None,
         dropout: float = 0.0,
         recurrent_dropout: float = 0.0,
         seed: Optional[int] = None,
@@ -502,11 +523,10 @@ class Feedback(FeedbackRNN):
         zero_output_for_mask: bool = False,
         engine: str = "auto",
         time_buckets: Union[str, Sequence[int], None] = "auto",
-        reset_after: bool = True,
         use_cudnn: Union[str, bool] = "auto",
         **kwargs: Any,
     ) -> None:
-        _convert.keras_only_arguments(kwargs, reset_after, use_cudnn)
+        _convert.keras_only_arguments(kwargs, use_cudnn)
         super().__init__(
             return_sequences=return_sequences,
             return_state=return_state,
@@ -555,6 +575,7 @@ class Feedback(FeedbackRNN):
             memory_constraint=memory_constraint,
             bias_constraint=bias_constraint,
             unit_forget_bias=unit_forget_bias,
+            reset_after=reset_after,
             dropout=dropout,
             recurrent_dropout=recurrent_dropout,
             seed=seed,
@@ -586,8 +607,8 @@ class Feedback(FeedbackRNN):
         for every such layer of a model.
 
         Args:
-            layer: a Keras ``SimpleRNN``, ``GRU`` (``reset_after=True``,
-                Keras's default) or ``LSTM``, or a ``Bidirectional`` of one.
+            layer: a Keras ``SimpleRNN``, ``GRU`` (either ``reset_after``)
+                or ``LSTM``, or a ``Bidirectional`` of one.
 
         Returns:
             A ``Feedback`` layer, or a ``keras.layers.Bidirectional`` of two.
@@ -595,7 +616,7 @@ class Feedback(FeedbackRNN):
         Raises:
             TypeError: ``layer`` is not one of these layers.
             ValueError: its configuration has no ``Feedback`` equivalent
-                (``GRU(reset_after=False)``, an ``activity_regularizer``).
+                (an ``activity_regularizer``).
 
         Example:
 
