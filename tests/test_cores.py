@@ -407,3 +407,103 @@ def test_core_argument_errors():
         Feedback(3, core=3)
     with pytest.raises(TypeError, match="Argument `reset_after` must be True or False"):
         Feedback(3, reset_after="no")
+
+
+# --- any Keras cell gets feedback -------------------------------------------
+
+
+@keras.saving.register_keras_serializable(package="tests")
+class MinimalKerasCell(keras.layers.Layer):
+    """A Keras cell written here: ``h_t = tanh(x_t W + h_{t-1} U)``."""
+
+    def __init__(self, units, **kwargs):
+        super().__init__(**kwargs)
+        self.units = units
+        self.state_size = units
+
+    def build(self, input_shape):
+        self.w = self.add_weight(shape=(input_shape[-1], self.units), name="w")
+        self.u = self.add_weight(shape=(self.units, self.units), name="u")
+
+    def call(self, inputs, states):
+        h = keras.ops.tanh(inputs @ self.w + states[0] @ self.u)
+        return h, [h]
+
+    def get_config(self):
+        return {**super().get_config(), "units": self.units}
+
+
+def _keras_cell_numpy(cell_step, w_fb, xs, feedback_units, units):
+    """The cell run on ``[x_t; c_{t-1}]``, ``c_t = σ(h_t W_c + b_c)``."""
+    batch = xs.shape[0]
+    h = np.zeros((batch, units))
+    c = np.zeros((batch, feedback_units))
+    outs = []
+    for t in range(xs.shape[1]):
+        h = cell_step(np.concatenate([xs[:, t], c], -1), h)
+        c = 1 / (1 + np.exp(-(h @ w_fb["feedback_kernel"] + w_fb["feedback_bias"])))
+        outs.append(h)
+    return np.stack(outs, 1), h, c
+
+
+@pytest.mark.parametrize("kind", ["gru_cell", "minimal"])
+def test_keras_cell_with_feedback_equals_numpy(rng, kind):
+    units, fb = 4, 3
+    cell = (
+        keras.layers.GRUCell(units) if kind == "gru_cell" else MinimalKerasCell(units)
+    )
+    layer = Feedback(
+        units, feedback_units=fb, core=cell, return_sequences=True, return_state=True
+    )
+    x = rng.standard_normal((2, 6, 3)).astype("float32")
+    layer(x)
+    _set_random(layer, rng)
+    w = {v.name: np.asarray(v.numpy(), "float64") for v in layer.weights}
+    sig = lambda z: 1 / (1 + np.exp(-z))  # noqa: E731
+    if kind == "gru_cell":
+
+        def cell_step(xc, h):
+            xz, xr, xh = np.split(xc @ w["kernel"] + w["bias"][0], 3, -1)
+            rz, rr, rh = np.split(h @ w["recurrent_kernel"] + w["bias"][1], 3, -1)
+            z, r = sig(xz + rz), sig(xr + rr)
+            return z * h + (1 - z) * np.tanh(xh + r * rh)
+    else:
+
+        def cell_step(xc, h):
+            return np.tanh(xc @ w["w"] + h @ w["u"])
+
+    out, h, c = _keras_cell_numpy(cell_step, w, x.astype("float64"), fb, units)
+    result = layer(x)
+    assert layer.state_names == ["h", "cell_0", "c"]
+    np.testing.assert_allclose(result[0], out, atol=1e-6)
+    np.testing.assert_allclose(result[1], h, atol=1e-6)
+    np.testing.assert_allclose(result[2], h, atol=1e-6)
+    np.testing.assert_allclose(result[3], c, atol=1e-6)
+
+
+def test_keras_cell_saves_exports_and_refuses_what_it_cannot(rng, tmp_path):
+    inputs = keras.Input((None, 3))
+    h = Feedback(
+        4, feedback_units=2, core=keras.layers.LSTMCell(4), return_sequences=True
+    )(inputs)
+    model = keras.Model(inputs, keras.layers.Dense(2)(h))
+    x = rng.standard_normal((2, 5, 3)).astype("float32")
+    _set_random(model.layers[1], rng)
+    expected = model(x)
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_sum(model(x) ** 2)
+    assert all(g is not None for g in tape.gradient(loss, model.trainable_weights))
+    model.save(tmp_path / "m.keras")
+    loaded = keras.saving.load_model(tmp_path / "m.keras")
+    np.testing.assert_allclose(loaded(x), expected, atol=1e-6)
+    for streaming in (False, True):
+        lite = export.export_litert(
+            model, tmp_path / f"m{int(streaming)}.tflite", streaming=streaming
+        )
+        assert export.verify_litert(model, lite, x)["max_abs_error"] <= 1e-5
+    with pytest.raises(ValueError, match="runs on the reference engine only"):
+        Feedback(4, core=keras.layers.GRUCell(4), engine="xla")
+    with pytest.raises(ValueError, match="has dropout=0.5"):
+        Feedback(4, core=keras.layers.GRUCell(4, dropout=0.5))
+    with pytest.raises(ValueError, match="`units`=5 must equal the output size"):
+        Feedback(5, core=keras.layers.GRUCell(4))

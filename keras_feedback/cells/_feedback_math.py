@@ -133,6 +133,8 @@ def project_inputs(spec, params, inputs, bias=True):
     engine calls it once, before the loop, as one large matmul. ``bias=False``
     leaves ``b`` out (the engine's step then adds it, see ``make_step_fn``).
     """
+    if not spec.core.input_kernel:
+        return inputs  # the core reads the inputs as they are
     kernel = params["kernel"]
     if inputs.shape.rank == 2:
         projected = tf.matmul(inputs, kernel)
@@ -316,10 +318,12 @@ def step(
     core_spec = bound if wide is None else bind_activations(spec, params, wide)
     spec = bound
     core_states, c_prev, attentional_prev = _split_states(spec, states)
-    if spec.feedback_units:
+    if spec.feedback_units and spec.core.input_kernel:
         projected = projected + _linear_product(
             params, products, "feedback_recurrent_kernel", c_prev
         )
+    elif spec.feedback_units:
+        projected = tf.concat([projected, c_prev], axis=-1)
     if spec.input_feeding:
         projected = projected + _linear_product(
             params, products, "input_feeding_kernel", attentional_prev
@@ -461,7 +465,7 @@ def _deferred_linears(spec):
         Deferred(("weights", name), _recurrent_input, additive)
         for name, additive in spec.core.deferred()
     ]
-    if spec.feedback_units:
+    if spec.feedback_units and spec.core.input_kernel:
         feedback = _second_last_state if spec.input_feeding else _last_state
         deferred.append(
             Deferred(("weights", "feedback_recurrent_kernel"), feedback, True)

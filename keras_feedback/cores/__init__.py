@@ -11,12 +11,14 @@ from keras_feedback.cores._builtin import LSTMCore
 from keras_feedback.cores._builtin import SimpleCore
 from keras_feedback.cores._indrnn import AbsRange
 from keras_feedback.cores._indrnn import IndRNNCore
+from keras_feedback.cores._keras_cell import KerasCellCore
 
 __all__ = [
     "AbsRange",
     "Core",
     "GRUCore",
     "IndRNNCore",
+    "KerasCellCore",
     "LSTMCore",
     "SimpleCore",
     "StepOps",

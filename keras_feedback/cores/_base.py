@@ -142,6 +142,12 @@ class Core:
         default_activation, default_recurrent_activation: what the cell's
             ``activation`` and ``recurrent_activation`` arguments left at
             None mean for this core.
+        input_kernel: True: the cell projects the inputs with its kernel
+            ``W`` (hoisted out of the loop) and adds the feedback as
+            ``c_{t-1} U_c``; False: the core reads ``[x_t; c_{t-1}]`` as
+            they are (``KerasCellCore``).
+        fused: whether the fused XLA engine may run the core (False: the
+            reference engine runs it).
 
     Example (Chen's MinimalRNN, written as a core):
 
@@ -168,6 +174,8 @@ class Core:
     state_names: Tuple[str, ...] = ("h",)
     default_activation: str = "tanh"
     default_recurrent_activation: str = "sigmoid"
+    input_kernel: bool = True
+    fused: bool = True
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -225,7 +233,25 @@ class Core:
         return ()
 
     def state_sizes(self, units: int) -> Tuple[int, ...]:
+        """The sizes of the core's states (``units`` each by default)."""
         return (units,) * len(self.state_names)
+
+    def check_units(self, units: int) -> None:
+        """Raises ValueError if the core cannot have ``units`` hidden units."""
+
+    def layer(self) -> Optional[keras.layers.Layer]:
+        """A Keras layer the core owns (a wrapped cell), which the feedback
+        cell tracks (its weights are saved with the cell), or None."""
+        return None
+
+    def build(self, input_size: int) -> None:
+        """Builds ``layer()`` for inputs of ``input_size`` (an
+        ``input_kernel=False`` core: the features plus the feedback units)."""
+
+    def variables(self) -> List[Any]:
+        """The variables of ``layer()`` that each step gets as tensors
+        (``params["core_variables"]``, in this order)."""
+        return []
 
     def get_config(self) -> Dict[str, Any]:
         """The core's constructor arguments."""
@@ -274,6 +300,11 @@ def get(core: CoreLike) -> Core:
                 f"keras_feedback.cores.Core or a Keras RNN cell, got {core!r}"
             )
         return _ALIASES[core]()
+    from keras_feedback.cores._keras_cell import KerasCellCore
+    from keras_feedback.cores._keras_cell import is_keras_cell
+
+    if is_keras_cell(core):
+        return KerasCellCore(core)
     if isinstance(core, dict):
         obj = keras.saving.deserialize_keras_object(core)
         if not isinstance(obj, Core):

@@ -203,7 +203,16 @@ class FeedbackCellBase(keras.layers.Layer):
         super().__init__(**kwargs)
         self.units = units
         self.feedback_units = feedback_units
+        core.check_units(units)
+        if not core.input_kernel and (memory_attention or not self.SUPPORTS_MEMORY):
+            raise ValueError(
+                f"Argument `core`={core!r} reads the raw inputs: it runs in "
+                "keras_feedback.layers.Feedback without memory attention"
+            )
         self.core_object = core
+        # A Keras layer the core owns (a wrapped Keras cell): tracked here,
+        # so that its weights are the cell's and saved with it.
+        self.core_layer = core.layer()
         # What `core` reads back as (and the config writes): the alias of a
         # built-in core with default options, else the core itself.
         alias = cores.serialize(core)
@@ -405,14 +414,19 @@ class FeedbackCellBase(keras.layers.Layer):
         units, fb, out = self.units, self.feedback_units, self.output_units
         width = self.spec.width
         shape = self.kernel_shape
-        self.kernel = self._add("kernel", shape(features, width), "kernel")
+        core = self.core_object
+        if core.input_kernel:
+            self.kernel = self._add("kernel", shape(features, width), "kernel")
+        else:
+            core.build(features + fb)
         for weight in self.core_object.weights(units):
             if weight.group != "bias" or self.use_bias:
                 self._add_core_weight(weight)
-        if fb:
+        if fb and core.input_kernel:
             self.feedback_recurrent_kernel = self._add(
                 "feedback_recurrent_kernel", shape(fb, width), "feedback"
             )
+        if fb:
             self.feedback_kernel = self._add(
                 "feedback_kernel", shape(units, fb), "feedback"
             )
@@ -497,6 +511,7 @@ class FeedbackCellBase(keras.layers.Layer):
             for act, _ in self._parametric_activations().values()
             for v in act.weights
         }
+        owned.update(id(v) for v in self.core_object.variables())
         return {v.name: v for v in self.weights if id(v) not in owned}
 
     def step_work(self):
@@ -533,6 +548,9 @@ class FeedbackCellBase(keras.layers.Layer):
             if training and batch_size is not None:
                 noise_shape = [batch_size, *self.position_shape(width)]
             params[slot] = act.step_params(dtype, noise_shape, self.seed_generator)
+        core_variables = self.core_object.variables()
+        if core_variables:
+            params["core_variables"] = [tf.cast(v.value, dtype) for v in core_variables]
         return params
 
     def engine_params(self, training, batch_size):

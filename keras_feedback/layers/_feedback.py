@@ -585,6 +585,13 @@ class Feedback(FeedbackRNN):
             name="feedback_cell",
             dtype=self.dtype_policy,
         )
+        if engine == "xla" and not self.cell.core_object.fused:
+            raise ValueError(
+                f"Argument `engine`='xla': the core {self.cell.core_object!r} "
+                "runs on the reference engine only (a Keras cell may hold "
+                "Python state or ops XLA cannot compile); pass engine='auto' "
+                "or 'reference'"
+            )
         self.input_spec = keras.InputSpec(ndim=3)
 
     # Read-only views of the cell's configuration.

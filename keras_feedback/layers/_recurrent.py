@@ -352,7 +352,8 @@ class FeedbackRNN(MemoryCalls, keras.layers.Layer):
             )
         else:
             outputs, last_output, final_states, traces = engines.run(
-                self.engine,
+                # A core the fused engine may not run (a wrapped Keras cell).
+                self.engine if cell.core_object.fused else "reference",
                 recurrence,
                 params,
                 inputs,
