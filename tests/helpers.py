@@ -120,3 +120,69 @@ def stream_steps(layer, x, mask=None):
         )
         outputs.append(output)
     return np.stack(outputs, 1), states
+
+
+# --- Keras's own recurrent-layer tests, run against Feedback -----------------
+
+KERAS_RNN_TEST_FILES = (
+    "simple_rnn_test.py",
+    "gru_test.py",
+    "lstm_test.py",
+    "bidirectional_test.py",
+)
+
+
+def _feedback_as(keras_name, core):
+    """A ``Feedback`` subclass that stands for Keras's ``keras_name``: the
+    same constructor (``feedback_units=0``, the core fixed), the same
+    config keys, registered for serialization."""
+    import keras
+
+    from keras_feedback.layers import Feedback
+
+    class Adapted(Feedback):
+        def __init__(self, units, **kwargs):
+            super().__init__(units, feedback_units=0, core=core, **kwargs)
+
+        def get_config(self):
+            config = super().get_config()
+            del config["core"], config["feedback_units"]
+            return config
+
+    Adapted.__name__ = Adapted.__qualname__ = f"Feedback{keras_name}"
+    return keras.saving.register_keras_serializable(package="keras_adapter")(Adapted)
+
+
+class _Layers:
+    """Keras's ``keras.src.layers`` with ``SimpleRNN``, ``GRU`` and ``LSTM``
+    replaced by ``Feedback`` at ``feedback_units=0``."""
+
+    def __init__(self):
+        from keras.src import layers
+
+        self._layers = layers
+        self.SimpleRNN = _feedback_as("SimpleRNN", "simple")
+        self.GRU = _feedback_as("GRU", "gru")
+        self.LSTM = _feedback_as("LSTM", "lstm")
+
+    def __getattr__(self, name):
+        return getattr(self._layers, name)
+
+
+def keras_rnn_test_module(filename):
+    """Keras's own test file ``keras/src/layers/rnn/<filename>``, read from
+    the installed Keras (so its version always matches) and run unmodified
+    but for the layer classes: its module global ``layers`` is replaced by
+    ``_Layers``, which the test methods read when they run."""
+    import importlib.util
+    import os
+
+    import keras.src.layers.rnn as rnn
+
+    path = os.path.join(os.path.dirname(rnn.__file__), filename)
+    name = "keras_suite_" + filename[: -len(".py")]
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.layers = _Layers()
+    return module

@@ -13,6 +13,7 @@ from typing import Union
 import keras
 import tensorflow as tf
 
+from keras_feedback import cores
 from keras_feedback._api import public
 from keras_feedback.cells import _feedback_math as math
 from keras_feedback.layers import _convert
@@ -439,10 +440,12 @@ class Feedback(FeedbackRNN):
             the padding masked, so XLA compiles once per bucket rather than
             once per length. The results of the real steps do not change and
             sequence outputs keep the caller's length. None: no padding.
-        use_cudnn: ``"auto"``, True or False, kept as ``self.use_cudnn`` as
-            Keras's layers keep it (``Bidirectional`` copies it). Feedback
-            runs its own engines, never cuDNN: True fails when the layer is
-            called, with Keras's advice.
+        use_cudnn: ``"auto"``, True or False, kept as ``self.use_cudnn`` with
+            a GRU or LSTM core, as Keras's ``GRU`` and ``LSTM`` keep it
+            (``Bidirectional`` copies it; other cores have no such
+            attribute, as ``SimpleRNN``, and refuse True). Feedback runs its
+            own engines, never cuDNN: True fails when the layer is called,
+            with Keras's advice.
         **kwargs: the base Layer arguments; also, as Keras accepts them in a
             saved config, ``implementation`` (any value, ignored) and
             ``time_major=False``.
@@ -539,7 +542,6 @@ class Feedback(FeedbackRNN):
             time_buckets=time_buckets,
             **kwargs,
         )
-        self.use_cudnn = use_cudnn
         self.cell = FeedbackCell(
             units,
             feedback_units=feedback_units,
@@ -585,6 +587,15 @@ class Feedback(FeedbackRNN):
             name="feedback_cell",
             dtype=self.dtype_policy,
         )
+        # As Keras: GRU and LSTM keep `use_cudnn` (Bidirectional copies it),
+        # SimpleRNN has none.
+        if isinstance(self.cell.core_object, (cores.GRUCore, cores.LSTMCore)):
+            self.use_cudnn = use_cudnn
+        elif use_cudnn is True:
+            raise ValueError(
+                f"Argument `use_cudnn`=True: cuDNN runs Keras's GRU and LSTM "
+                f"only, and the core is {self.cell.core_object!r}; leave it 'auto'"
+            )
         if engine == "xla" and not self.cell.core_object.fused:
             raise ValueError(
                 f"Argument `engine`='xla': the core {self.cell.core_object!r} "
