@@ -89,6 +89,11 @@ class StepSpec:
         return self.core.width(self.units)
 
     @property
+    def gates(self):
+        """``width`` in units of ``units`` (1, 3, 4 for simple, gru, lstm)."""
+        return self.width // self.units
+
+    @property
     def core_states(self):
         """How many of the states are the core's (``h`` first)."""
         return len(self.core.state_names)
