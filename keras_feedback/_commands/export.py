@@ -19,8 +19,8 @@ HELP = (
 QUANTIZATIONS = ("float16", "dynamic_range", "int8", "int16x8")
 # Max error relative to the largest |Keras output| an export may have: float
 # exports run the same float32 math; float16 rounds the weights to float16,
-# dynamic range to int8 (per output channel, computed in float32; measured
-# up to 1.3e-2 on random untrained models, docs/deploy.md). int8 is
+# dynamic range to int8 (per output channel, computed in float32; the
+# errors measured are in docs/deploy.md). int8 is
 # reported, not checked, unless --tolerance is given.
 TOLERANCES = {
     None: 1e-4,

@@ -7,14 +7,13 @@ graph, so the same loop converts to LiteRT's builtin ``WHILE``). Where a
 gradient tape may record the loop (training), it writes into a
 ``tf.TensorArray`` instead: the gradient of a scatter into the whole buffer
 carries the whole buffer through every step, as the gradient of a read of
-the inputs by index does (quadratic in the length; measured 6-8x Keras's
-training step at T=100), a TensorArray's one step. There, too, each step
+the inputs by index does (quadratic in the length: docs/engine.md,
+"Measurements behind the code", M1), a TensorArray's one step. There, too, each step
 projects its own input (``recurrence.project`` of one step), as Keras's
 loop does: the gradient of a TensorArray read is a list of the whole
 length, built and summed at every step (``TensorListGetItem``'s gradient),
 which a read of the raw inputs does not need where they take no gradient
-(a model's inputs); measured 1.2-1.4x Keras's training step at lengths
-10-200 with the projected sequence read, 0.8-1.0x projecting per step.
+(a model's inputs; M2).
 It is kept simple on purpose: it is the oracle for the fused XLA engine.
 """
 

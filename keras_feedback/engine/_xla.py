@@ -231,7 +231,7 @@ def _run(cfg, params, inputs, keep, initial_states):
             [a if a.dtype == tf.bool else tf.stop_gradient(a) for a in tensors]
         )
         # The forward projection runs outside XLA, as a TensorFlow matmul on
-        # every core (measured faster than XLA:CPU's); the backward pass
+        # every core (faster than XLA:CPU's: docs/engine.md, M3); the backward pass
         # recomputes it rather than keep it.
         keep_sums = save and windows.keeps_sums(cfg, given.inputs)
         run_cfg = dataclasses.replace(

@@ -13,12 +13,8 @@ from tensorflow.compiler.tf2xla.ops import gen_xla_ops
 from keras_feedback.engine import _xla_config as config
 
 # Per-step products with kernels of at least this many weights run
-# feature-major (``feature_major_matmul``). Measured, B=64 on 2 cores,
-# predict / train per batch: GRU 512 units (512 x 1536) 56.0 -> 53.9 /
-# 184 -> 161 ms, LSTM 512 83.3 -> 69.4 / 235 -> 202 ms, simple 1024 units
-# 102 -> 59 / 229 -> 173 ms; below it the transposes cost about what they
-# save (simple 512, LSTM 256: 4-9% slower predict, 3-6% faster training;
-# GRU 256: 5% slower).
+# feature-major (``feature_major_matmul``); below it the transposes cost
+# about what they save (docs/engine.md, "Measurements behind the code", M4).
 FEATURE_MAJOR_MIN_WEIGHTS = 512 * 1024
 
 
@@ -37,9 +33,9 @@ def feature_major_matmul(matrix, a):
     """``a @ matrix^T`` for ``(B, n)`` ``a``, as ``(matrix @ a^T)^T``.
 
     XLA:CPU runs a ``(m, n) x (n, B)`` product with the batch as the minor
-    axis faster than the ``(B, n) x (n, m)`` one (single core, B=32, n=512:
-    165 vs 121 GFLOP/s at m=1536); left to itself it folds the transposes
-    into the product and picks the slower form, so barriers keep them.
+    axis faster than the ``(B, n) x (n, m)`` one (docs/engine.md, M5); left
+    to itself it folds the transposes into the product and picks the slower
+    form, so barriers keep them.
     """
     a_t = barrier(tf.transpose(a))
     return tf.transpose(barrier(tf.matmul(matrix, a_t)))
@@ -69,8 +65,7 @@ def backward_matrices(cfg, params):
     pass multiplies a product's gradient with, made once before its loop:
     the kernel itself for a feature-major product, else its transpose, kept
     from being folded back into the product (``(B, G) x (G, in)`` runs
-    faster than ``(B, G) x (in, G)^T``: 1.28 -> 0.96 ms for 100 steps of
-    a 128 x 128 kernel at B=32)."""
+    faster than ``(B, G) x (in, G)^T``: docs/engine.md, M6)."""
     if not cfg.keep_sums:
         return {}
     leaves = tf.nest.flatten(params)

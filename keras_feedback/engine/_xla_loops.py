@@ -21,8 +21,8 @@ def to_storage(x):
 
     XLA:CPU has no bfloat16 dynamic-update-slice: it converts the whole
     buffer to float32, updates it and converts it back, at every step (not
-    in place: O(T) work per step; a GRU's training step ran 10x slower than
-    in float32). On the bits the update is in place. Reads (dynamic slices)
+    in place: O(T) work per step; docs/engine.md, M8). On the bits the
+    update is in place. Reads (dynamic slices)
     of bfloat16 are fine.
     """
     return tf.bitcast(x, tf.uint16) if x.dtype == tf.bfloat16 else x
@@ -113,7 +113,7 @@ def loop(
     behind, carrying the slices and the values. XLA:CPU does not vectorize
     an elementwise fusion that also holds a dynamic slice of a tensor the
     loop only reads, and fuses exactly those unless a loop boundary
-    separates them (measured: a GRU step ran 2.5x slower). The last write
+    separates them (docs/engine.md, M9). The last write
     then falls after the loop, where XLA copies the whole buffer first (one
     more buffer of its size); an extra iteration that only writes keeps it
     in the loop. Not pipelined, a step reads and writes in place: right for

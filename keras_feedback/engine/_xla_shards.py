@@ -25,10 +25,10 @@ def shard_count(batch=None):
     """How many batch shards the engine runs side by side (CPU only).
 
     XLA:CPU runs one loop on one core: a recurrence is a chain of small
-    matmuls that it does not split across threads (measured: the same time
-    pinned to one core). Independent loops over parts of the batch, each a
+    matmuls that it does not split across threads (it runs as fast pinned
+    to one core). Independent loops over parts of the batch, each a
     separate compiled call, are run concurrently by TensorFlow's executor
-    (measured on 2 cores, B=64, H=128: 1.4x simple, 1.4x GRU, 1.65x LSTM).
+    (the gain: docs/engine.md, "Measurements behind the code", M7).
     One shard per core available to this replica, at least
     ``MIN_SHARD_ROWS`` rows each when the batch is known; one on a GPU.
     """
