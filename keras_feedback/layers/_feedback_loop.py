@@ -126,7 +126,7 @@ class BlockFeedback(keras.layers.Layer):
         # The block with the fed-back layer's output as a second output;
         # its layers are the block's, so it is not tracked a second time.
         object.__setattr__(self, "_tapped", None)
-        object.__setattr__(self, "_fed_shape", None)
+        self._fed_shape = None
 
     # --- building and shape checks ---------------------------------------------
 
@@ -266,7 +266,7 @@ class BlockFeedback(keras.layers.Layer):
             self.gate_bias = self.add_weight(
                 name="gate_bias", shape=(channels,), initializer="zeros"
             )
-        object.__setattr__(self, "_fed_shape", tuple(fed_shape))
+        self._fed_shape = tuple(fed_shape)
 
     # --- the block call ---------------------------------------------------------
 
