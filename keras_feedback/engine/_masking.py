@@ -2,9 +2,9 @@
 
 A masked step (``keep`` false for a row) keeps that row's states; its output
 repeats the previous step's output, or is zero with ``zero_output_for_mask``
-(what ``Bidirectional`` asks for). The reference engine's loop and the
-layers' public ``step`` apply these functions; the fused engine applies the
-same rule inside its compiled loops. ``zero_masked`` zeroes what a masked
+(what ``Bidirectional`` asks for). Both engines' loops and the layers'
+public ``step`` apply these functions; the fused engine's reverse-time loop
+applies ``split``, their transpose. ``zero_masked`` zeroes what a masked
 step reads before any engine sees it, so that padding (NaN, Inf, garbage)
 reaches neither an output nor a gradient.
 """
@@ -22,6 +22,19 @@ def output(keep, new, previous, zero_output_for_mask):
     zeros with ``zero_output_for_mask``)."""
     held = tf.zeros_like(new) if zero_output_for_mask else previous
     return tf.where(keep, new, held)
+
+
+def split(keep, cotangents):
+    """The transpose of ``keep``: ``(into, past)``, the cotangents of a
+    step's results split, leafwise, into the part that enters the step
+    (where ``keep``) and the part that passes a masked step unchanged."""
+    into = tf.nest.map_structure(
+        lambda g: tf.where(keep, g, tf.zeros_like(g)), cotangents
+    )
+    past = tf.nest.map_structure(
+        lambda g: tf.where(keep, tf.zeros_like(g), g), cotangents
+    )
+    return into, past
 
 
 def zero_masked(values, mask):

@@ -14,6 +14,7 @@ from typing import NamedTuple
 
 import tensorflow as tf
 
+from keras_feedback.engine import _masking as masking
 from keras_feedback.engine import _xla_config as config
 from keras_feedback.engine import _xla_layouts as layouts
 from keras_feedback.engine import _xla_loops as loops
@@ -123,13 +124,10 @@ def steps(cfg, params, inputs, keep, states, num_steps=None, start=None):
         new_states = list(new_states)
         trace = {k: trace[k] for k in trace_sizes}
         if keep is not None:
-            new_states = [
-                tf.where(kept, n, o) for n, o in zip(new_states, carry.states)
-            ]
             last = carry.held
-            held = tf.zeros_like(output) if cfg.zero_output_for_mask else last.output
-            output = tf.where(kept, output, held)
-            trace = {k: tf.where(kept, trace[k], last.trace[k]) for k in trace}
+            new_states = masking.keep(kept, new_states, list(carry.states))
+            output = masking.output(kept, output, last.output, cfg.zero_output_for_mask)
+            trace = masking.keep(kept, trace, last.trace)
         values = _Written(
             entering=list(carry.states) if cfg.save else [],
             sums=[x] if keeping else [],

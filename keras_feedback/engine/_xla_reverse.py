@@ -20,6 +20,7 @@ from typing import NamedTuple
 
 import tensorflow as tf
 
+from keras_feedback.engine import _masking as masking
 from keras_feedback.engine import _xla_config as config
 from keras_feedback.engine import _xla_layouts as layouts
 from keras_feedback.engine import _xla_loops as loops
@@ -168,13 +169,7 @@ def reverse(
             into = incoming
             past = tf.nest.map_structure(tf.zeros_like, incoming)
         else:
-            kept = current.kept
-            into = tf.nest.map_structure(
-                lambda g: tf.where(kept, g, tf.zeros_like(g)), incoming
-            )
-            past = tf.nest.map_structure(
-                lambda g: tf.where(kept, tf.zeros_like(g), g), incoming
-            )
+            into, past = masking.split(current.kept, incoming)
         if cfg.zero_output_for_mask:
             past = past._replace(output=tf.zeros_like(past.output))
         d = vjp(
