@@ -32,26 +32,33 @@ every engine has the signature of ``keras_feedback.engine._reference.run``.
 
 ``scope(name)`` makes every layer called inside the block run engine
 ``name``, whatever its own ``engine`` argument: export traces with
-``scope("reference")`` and mutates no layer.
+``scope("reference")`` and mutates no layer; ``pure_calls()`` makes calls
+pure functions of their inputs. Both are modes of ``_modes``, as is
+``check_name``, the one check of an engine name.
 
 ``pad_time`` pads time to a bucket (with a mask) so that XLA compiles once
 per bucket rather than once per sequence length. See ``docs/engine.md``.
 """
 
-import contextlib
-import contextvars
 import functools
 
 import tensorflow as tf
 from tensorflow.python.eager import record
 
 from keras_feedback.engine import _buckets
+from keras_feedback.engine import _modes
 from keras_feedback.engine import _reference
 from keras_feedback.engine import _xla
 from keras_feedback.engine import _xla_shards
 from keras_feedback.engine._buckets import pad_time
 from keras_feedback.engine._contract import Deferred
 from keras_feedback.engine._contract import Recurrence
+from keras_feedback.engine._modes import ENGINE_NAMES
+from keras_feedback.engine._modes import check_name
+from keras_feedback.engine._modes import pure
+from keras_feedback.engine._modes import pure_calls
+from keras_feedback.engine._modes import scope
+from keras_feedback.engine._modes import scoped
 
 __all__ = [
     "ENGINES",
@@ -62,6 +69,8 @@ __all__ = [
     "choose",
     "get",
     "pad_time",
+    "pure",
+    "pure_calls",
     "resolve",
     "run",
     "scope",
@@ -69,6 +78,7 @@ __all__ = [
     "tf_kernels",
 ]
 
+# By name: ``_modes.ENGINE_NAMES`` but "auto".
 ENGINES = {"xla": _xla.run, "reference": _reference.run}
 # The size rule of "auto" (``choose``; measured in docs/engine.md).
 AUTO_MIN_STEP_WORK = 32768
@@ -76,38 +86,6 @@ AUTO_MIN_STEPS = 64
 # The compute dtypes "auto" runs on TensorFlow's kernels on CPU
 # (``tf_kernels``; measured in docs/engine.md).
 AUTO_TF_KERNEL_DTYPES = ("bfloat16",)
-ENGINE_NAMES = ("auto",) + tuple(ENGINES)
-
-_SCOPED = contextvars.ContextVar("keras_feedback_engine", default=None)
-_UNROLLED = contextvars.ContextVar("keras_feedback_unrolled", default=False)
-
-
-def check_name(name, argument="engine"):
-    """``name`` if it names an engine, else a ``ValueError`` naming it."""
-    if name not in ENGINE_NAMES:
-        raise ValueError(
-            f"Argument `{argument}` must be one of {ENGINE_NAMES}, got {name!r}"
-        )
-    return name
-
-
-@contextlib.contextmanager
-def scope(name, unroll=False):
-    """Every layer called in the block runs engine ``name`` (not its own);
-    ``unroll=True``: and unrolls its loop wherever the time axis is static
-    (a loop-free graph, for LiteRT's 16x8 quantizer)."""
-    token = _SCOPED.set(check_name(name))
-    unrolled = _UNROLLED.set(bool(unroll))
-    try:
-        yield
-    finally:
-        _UNROLLED.reset(unrolled)
-        _SCOPED.reset(token)
-
-
-def scoped():
-    """The engine name a ``scope`` imposes, or None outside any."""
-    return _SCOPED.get()
 
 
 def _runs_here():
@@ -126,7 +104,7 @@ def resolve(name, unroll=False):
     """The engine ``name`` stands for here: the scoped one if any; ``"auto"``
     as ``"reference"`` when unrolled or traced into a graph that may be
     exported (see the module docstring), else ``"xla"``."""
-    name = _SCOPED.get() or name
+    name = scoped() or name
     if name != "auto":
         return name
     return "xla" if not unroll and _runs_here() else "reference"
@@ -139,7 +117,7 @@ def choose(name, inputs, unroll=False, step_work=None):
     ``AUTO_MIN_STEP_WORK`` and a time axis of fewer than ``AUTO_MIN_STEPS``
     steps, or of a length unknown when traced."""
     engine = resolve(name, unroll)
-    if engine != "xla" or (_SCOPED.get() or name) != "auto" or step_work is None:
+    if engine != "xla" or (scoped() or name) != "auto" or step_work is None:
         return engine
     steps = inputs.shape[1]
     if step_work < AUTO_MIN_STEP_WORK and (steps is None or steps < AUTO_MIN_STEPS):
@@ -152,7 +130,7 @@ def tf_kernels(name, inputs):
     call on TensorFlow's kernels instead (the reference loop): a call on CPU
     whose inputs are of a dtype in ``AUTO_TF_KERNEL_DTYPES``."""
     return (
-        (_SCOPED.get() or name) == "auto"
+        (scoped() or name) == "auto"
         and inputs.dtype.name in AUTO_TF_KERNEL_DTYPES
         and not tf.config.list_logical_devices("GPU")
     )
@@ -204,15 +182,9 @@ def _tf_kernel_graph(recurrence, training, static):
     return tf.function(graph, reduce_retracing=True, autograph=False)
 
 
-def _known(name):
-    if name not in ENGINE_NAMES:
-        raise ValueError(f"Unknown engine {name!r}. Expected one of {ENGINE_NAMES}.")
-    return name
-
-
 def get(name, unroll=False):
     """The run function of engine ``name`` (see ``resolve``)."""
-    return ENGINES[resolve(_known(name), unroll)]
+    return ENGINES[resolve(check_name(name), unroll)]
 
 
 def _varying_time(inputs):
@@ -240,10 +212,10 @@ def run(
     the results of the real steps are those of the unpadded run, and the
     outputs keep the caller's length.
     """
-    if _UNROLLED.get() and inputs.shape[1] is not None:
+    if _modes.unrolled() and inputs.shape[1] is not None:
         options["unroll"] = True
     unroll = options.get("unroll", False)
-    chosen = choose(_known(name), inputs, unroll, step_work)
+    chosen = choose(check_name(name), inputs, unroll, step_work)
     if chosen == "xla" and tf_kernels(name, inputs):
         training = record.could_possibly_record()
         if tf.executing_eagerly():

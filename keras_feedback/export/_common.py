@@ -13,7 +13,6 @@ from keras_feedback import engine as engines
 from keras_feedback._api import public
 from keras_feedback._checks import check_bool
 from keras_feedback.layers._feedback_loop import nested_layers
-from keras_feedback.layers._recurrent import pure_calls
 
 # Default tolerance of ``verify_*`` (and the CLI): the max error relative to
 # the largest |Keras output| of an export that computes in float32, by the
@@ -108,7 +107,7 @@ def export_mode(model, engine=True, unroll=False):
     """Traces every recurrent layer of ``model`` for export.
 
     Inside the block every feedback layer runs the reference engine
-    (``engine.scope``) and its calls are pure (``pure_calls``): an exported
+    (``engine.scope``) and its calls are pure (``engine.pure_calls``): an exported
     graph is a pure function (TF Serving's contract, and the client holds
     the state of a stream), so a stateful layer never assigns its variables;
     it starts from a snapshot of its current states where Keras would read
@@ -120,7 +119,7 @@ def export_mode(model, engine=True, unroll=False):
     with contextlib.ExitStack() as stack:
         if engine:
             stack.enter_context(engines.scope(EXPORT_ENGINE, unroll=unroll))
-        stack.enter_context(pure_calls())
+        stack.enter_context(engines.pure_calls())
         yield
 
 

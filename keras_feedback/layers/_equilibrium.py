@@ -21,7 +21,6 @@ from keras_feedback._api import public
 from keras_feedback.layers import _equilibrium_solvers as solvers
 from keras_feedback.layers._batch import batch_checked
 from keras_feedback.layers._feedback_loop import BlockFeedback
-from keras_feedback.layers._recurrent import _PURE
 
 GRADIENTS = ("implicit", "phantom", "unrolled")
 
@@ -368,7 +367,7 @@ class Equilibrium(BlockFeedback):
                     f"fed-back signal {expected}, got {tuple(z0.shape)}"
                 )
             return batch_checked(
-                "Argument `initial_state`", z0, x, check=not _PURE.get()
+                "Argument `initial_state`", z0, x, check=not engines.pure()
             )
         if self.feedback == "concat":
             shape = tf.concat([tf.shape(x)[:-1], [self._fed_shape[-1]]], 0)
@@ -408,7 +407,7 @@ class Equilibrium(BlockFeedback):
             [tf.stop_gradient(v) for v in values],
             constants,
         )
-        if _PURE.get():  # an exported graph: no gradient needed
+        if engines.pure():  # an exported graph: no gradient needed
             return solution
         state = self._attach(solution, x, values, constants, training)
         return solution._replace(state=state)
@@ -421,7 +420,7 @@ class Equilibrium(BlockFeedback):
         output, _ = self._run_block(self._combine(x, solution.state), training)
         if training and self.jacobian_regularization:
             self.add_loss(self._jacobian_penalty(x, solution, training))
-        if not _PURE.get():
+        if not engines.pure():
             self._report(solution)
         return output
 

@@ -8,8 +8,6 @@ checks of initial states and masks, dtypes, the engine call, the public
 the dense and the convolutional cell; nothing here knows which.
 """
 
-import contextlib
-import contextvars
 from typing import Any
 from typing import List
 from typing import Mapping
@@ -34,25 +32,6 @@ from keras_feedback.layers._memory import check_mask_shape
 
 # What the public methods take as a tensor: a tf.Tensor, a numpy array, ...
 TensorLike = Any
-
-_PURE = contextvars.ContextVar("keras_feedback_pure_calls", default=False)
-
-
-@contextlib.contextmanager
-def pure_calls():
-    """Calls in the block are pure functions of their inputs, for export.
-
-    A stateful layer neither assigns its state variables nor reads them: it
-    starts from a snapshot of their current values (``snapshot_states``),
-    as a graph that TF Serving runs must (the client holds the state of a
-    stream). No shape assertion is added to the graph (LiteRT has no
-    builtin for it). Mutates no layer.
-    """
-    token = _PURE.set(True)
-    try:
-        yield
-    finally:
-        _PURE.reset(token)
 
 
 class FeedbackRNN(MemoryCalls, keras.layers.Layer):
@@ -170,7 +149,7 @@ class FeedbackRNN(MemoryCalls, keras.layers.Layer):
         ]
 
     def snapshot_states(self, batch):
-        """The states a pure call starts from (``pure_calls``): zeros, or the
+        """The states a pure call starts from (``engine.pure_calls``): zeros, or the
         stateful layer's current values as constants, for its own batch
         size, or any when it is 1 (the row repeated)."""
         values = self.state_values()
@@ -249,7 +228,7 @@ class FeedbackRNN(MemoryCalls, keras.layers.Layer):
                 what,
                 state,
                 reference,
-                check=not _PURE.get(),
+                check=not engines.pure(),
                 words=batch_words(what, against),
             )
             checked.append(cell.to_engine(tf.cast(state, self.compute_dtype)))
@@ -263,7 +242,7 @@ class FeedbackRNN(MemoryCalls, keras.layers.Layer):
         mask = tf.convert_to_tensor(mask)
         axes = ("mask", "batch, time", "inputs")
         check_mask_shape(*axes, mask.shape, sequences.shape)
-        if not _PURE.get():
+        if not engines.pure():
             mask = asserted_mask_shape(*axes, mask, sequences)
         return tf.cast(mask, tf.bool)
 
@@ -298,12 +277,19 @@ class FeedbackRNN(MemoryCalls, keras.layers.Layer):
                     "A stateful layer takes its initial state from its state "
                     "variables: use reset_state(states) instead of `initial_state`"
                 )
-            if _PURE.get():
+            if engines.pure():
                 return self.snapshot_states(batch)
             return self._stored_states(sequences)
         if initial_state is None:
             return self._zero_states(batch)
         return self._check_states(initial_state, sequences, "initial_state")
+
+    def start_states(self, sequences: TensorLike) -> List[tf.Tensor]:
+        """The states a call on ``sequences`` without ``initial_state``
+        starts from, each of the shape ``step`` takes: zeros, or a stateful
+        layer's stored states (their snapshot in ``engine.pure_calls``)."""
+        sequences = self._cast_inputs(sequences)
+        return self.cell.states_from_engine(self._start_states(None, sequences))
 
     def _cast_inputs(self, inputs):
         """Inputs in the compute dtype: ints and bools are cast, as Keras's
@@ -334,13 +320,13 @@ class FeedbackRNN(MemoryCalls, keras.layers.Layer):
         cell = self.cell
         sequences = self._cast_inputs(sequences)
         mask = self._check_mask(mask, sequences)
-        if mask is not None and not _PURE.get():
+        if mask is not None and not engines.pure():
             sequences = _masking.zero_masked(sequences, mask)
         states = self._start_states(initial_state, sequences)
         batch = tf.shape(sequences)[0]
         params, per_example = cell.engine_params(training, batch)
         params = self._memory_params(
-            params, memory, memory_mask, sequences, not _PURE.get()
+            params, memory, memory_mask, sequences, not engines.pure()
         )
         if "memory" in params and per_example is not None:
             per_example = (*per_example, "memory")
@@ -368,7 +354,7 @@ class FeedbackRNN(MemoryCalls, keras.layers.Layer):
                 time_buckets=self.time_buckets,
                 step_work=cell.step_work(),
             )
-        if self.stateful and not _PURE.get():
+        if self.stateful and not engines.pure():
             for variable, value in zip(self._state_variables, final_states):
                 variable.assign(tf.cast(value, variable.dtype))
         if self.return_trace and "memory" in params:
@@ -484,14 +470,14 @@ class FeedbackRNN(MemoryCalls, keras.layers.Layer):
                     f"({inputs.shape[0]},), got {tuple(mask.shape)}"
                 )
             mask = batch_checked(
-                "Argument `mask`", tf.cast(mask, tf.bool), inputs, not _PURE.get()
+                "Argument `mask`", tf.cast(mask, tf.bool), inputs, not engines.pure()
             )
-            if not _PURE.get():
+            if not engines.pure():
                 sequences = _masking.zero_masked(inputs, mask)[:, None]
         batch = tf.shape(inputs)[0]
         params, _ = cell.engine_params(training, batch)
         params = self._memory_params(
-            params, memory, memory_mask, inputs, not _PURE.get()
+            params, memory, memory_mask, inputs, not engines.pure()
         )
         recurrence = cell.recurrence()
         projected = cell.engine_inputs(params, cell.input_dropout(sequences, training))

@@ -230,14 +230,6 @@ class _Probe:
         self.loss = _loss_fn(model, loss)
         self.function = tf.function(self._measure, reduce_retracing=True)
 
-    def _states(self, batch):
-        layer = self.layer
-        if layer.stateful and layer.states is not None:
-            return layer.cell.states_from_engine(
-                [tf.cast(v.value, layer.compute_dtype) for v in layer.states]
-            )
-        return layer.get_initial_state(batch)
-
     def _measure(self, x, y, mask, jacobian):
         layer = self.layer
         upstream = self.upstream(x, training=False)
@@ -256,7 +248,7 @@ class _Probe:
             keep = tf.ones([batch, steps], tf.bool)
         else:
             keep = layer._check_mask(mask, sequences)
-        states = self._states(batch)
+        states = layer.start_states(sequences)
         with tf.GradientTape() as tape:
             hidden, entering, outputs = [], [], []
             output = tf.zeros([batch, *layer.step_output_shape], layer.compute_dtype)
