@@ -26,7 +26,7 @@ INT16_STATE_HEADROOM = 2.0
 _MAX_CALIBRATION_BATCHES = 512
 
 
-def _check_quantization(quantization, representative_data):
+def check_quantization(quantization, representative_data):
     if quantization is not None and quantization not in QUANTIZATIONS:
         raise ValueError(
             f"Argument `quantization` must be None or one of {QUANTIZATIONS}, "
@@ -76,7 +76,7 @@ def _calibration_batches(plan, representative_data):
     return named
 
 
-def _with_headroom(samples, names):
+def with_headroom(samples, names):
     """``samples`` and the same samples with their float inputs ``names``
     and the states scaled (``INT16_*_HEADROOM``)."""
     scaled = []
@@ -91,7 +91,7 @@ def _with_headroom(samples, names):
     return samples + scaled
 
 
-def _step_samples(plan, representative_data):
+def step_samples(plan, representative_data):
     """Calibration inputs of the step model: each step of each sequence with
     the states the model itself reaches there."""
     step = tf.function(plan.step_fn, input_signature=plan.signature("step"))
@@ -99,20 +99,14 @@ def _step_samples(plan, representative_data):
     with _common.export_mode(plan.model):
         for named in _calibration_batches(plan, representative_data):
             batch = next(iter(named.values())).shape[0]
-            states = plan.initial_state_fn({_trace.BATCH_SIZE: batch})
-            steps = next(iter(named.values())).shape[1]
-            for t in range(steps):
-                feed = {n: tf.constant(v[:, t]) for n, v in named.items()}
-                samples.append(
-                    {k: np.asarray(v) for k, v in {**feed, **states}.items()}
-                )
-                result = step({**feed, **states})
-                states = {name: result[name] for name in plan.state_specs}
+            start = plan.initial_state_fn({_trace.BATCH_SIZE: batch})
+            states = {name: start[name] for name in plan.state_specs}
+            samples += _common.stream(step, named, states, record=True).inputs
     stride = -(-len(samples) // _MAX_CALIBRATION_BATCHES)
     return samples[::stride]
 
 
-def _sequence_samples(plan, representative_data):
+def sequence_samples(plan, representative_data):
     """Calibration inputs of the whole-sequence model: the batches as given."""
     batches = _calibration_batches(plan, representative_data)
     return batches[:: -(-len(batches) // _MAX_CALIBRATION_BATCHES)]
@@ -122,7 +116,7 @@ def _sequence_samples(plan, representative_data):
 _INT8_SEQUENCE_FLOAT_OPS = ("SCATTER_ND", "CONCATENATION", "SELECT", "SELECT_V2")
 
 
-def _quantize_sequence_int8(converter, samples, names):
+def quantize_sequence_int8(converter, samples, names):
     """The whole-sequence model in int8, but the ops that only move data.
 
     The recurrence writes each step's output into the output sequence with

@@ -4,7 +4,9 @@ import contextlib
 import json
 import os
 import re
+import time
 from typing import Any
+from typing import NamedTuple
 
 import keras
 import numpy as np
@@ -248,6 +250,46 @@ class ErrorTally:
         """True when every output is finite and within ``tolerance`` (the
         max error relative to the largest |Keras output|)."""
         return not self.nonfinite and bool(self.max_rel <= tolerance)
+
+
+class Streamed(NamedTuple):
+    """What ``stream`` returns."""
+
+    outputs: list  # each step's results but the states, {name: numpy array}
+    inputs: list  # with ``record``: each step's inputs and entering states
+    latency_ms: float  # the median time of ``run``, the first step left out
+
+
+def stream(run, named, states, load=None, read=None, record=False):
+    """Steps a model over the time axis of ``named``, its states fed back:
+    the one loop of every verifier of a step signature and of calibration.
+
+    Args:
+        run: called once a step with the step's inputs and states (a dict
+            by name, as ``load`` makes it); returns the results (or, with
+            ``read``, anything ``read`` takes). Only this call is timed.
+        named: ``{input name: (batch, time, ...) array}``.
+        states: ``{state name: value}`` entering the first step.
+        load: makes what ``run`` takes of the step's dict (None: the dict).
+        read: makes the results ``{name: value}`` of what ``run`` returned,
+            the new states under the states' names (None: ``run``'s).
+        record: keep each step's dict (numpy arrays) in ``inputs``.
+    """
+    steps = next(iter(named.values())).shape[1]
+    outputs, inputs, seconds = [], [], []
+    for t in range(steps):
+        feed = {**{name: value[:, t] for name, value in named.items()}, **states}
+        if record:
+            inputs.append({name: np.array(value) for name, value in feed.items()})
+        feed = feed if load is None else load(feed)
+        start = time.perf_counter()
+        result = run(feed)
+        seconds.append(time.perf_counter() - start)
+        result = result if read is None else read(result)
+        states = {name: result[name] for name in states}
+        outputs.append({k: np.asarray(v) for k, v in result.items() if k not in states})
+    latency = 1e3 * float(np.median(seconds[1:] if len(seconds) > 1 else seconds))
+    return Streamed(outputs, inputs, latency)
 
 
 def check_finite_inputs(named, argument="inputs"):

@@ -1,7 +1,7 @@
 """Reading and rewriting the flatbuffer of a converted LiteRT model.
 
-``litert_ops`` lists a file's operators; ``_with_signature`` adds the
-signature the frozen conversion path does not write; ``_dequantize_weights``
+``litert_ops`` lists a file's operators; ``with_signature`` adds the
+signature the frozen conversion path does not write; ``dequantize_weights``
 routes the int8 weights of hybrid ops through DEQUANTIZE ops.
 """
 
@@ -66,7 +66,7 @@ _HYBRID_OPS = frozenset(
 )
 
 
-def _dequantize_weights(content):
+def dequantize_weights(content):
     """``content`` with every int8 weight of a hybrid op behind a DEQUANTIZE.
 
     The dynamic-range converter stores the kernels in int8 (one scale per
@@ -160,7 +160,7 @@ def _operator_code(model, codes, name, version):
     return len(codes) - 1
 
 
-def _with_signature(content, key, input_names, output_names):
+def with_signature(content, key, input_names, output_names):
     """``content`` with a signature ``key`` naming its inputs and outputs.
 
     The frozen conversion path writes none; the names are those of the traced
@@ -201,7 +201,7 @@ def _with_signature(content, key, input_names, output_names):
     return bytes(builder.Output())
 
 
-def _widen_loop_weights(content):
+def widen_loop_weights(content):
     """``content`` with the weights of its WHILE loops widened to float32
     outside the loops, by ops LiteRT's XNNPACK delegate leaves alone.
 

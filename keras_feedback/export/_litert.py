@@ -107,9 +107,11 @@ def _concrete_function(plan, kind, unroll=False):
         return function.get_concrete_function()
 
 
-def _converter(plan, concrete_function):
+def make_converter(concrete_function, trackable):
+    """A LiteRT converter of ``concrete_function``, whose variables
+    ``trackable`` holds."""
     converter = tf.lite.TFLiteConverter.from_concrete_functions(
-        [concrete_function], plan.traced
+        [concrete_function], trackable
     )
     # Freeze the traced function directly rather than through a SavedModel:
     # 3-5x faster, and it also freezes the variables the WHILE body reads.
@@ -117,15 +119,16 @@ def _converter(plan, concrete_function):
     return converter
 
 
-def _configure(converter, concrete_function, quantization, samples, streaming):
-    """Sets the ops and the quantisation of ``converter``."""
+def configure(converter, concrete_function, quantization, samples, streaming):
+    """Sets the ops and the quantisation of ``converter``; ``samples``
+    calibrate ``"int8"`` and ``"int16x8"`` (None for the other modes)."""
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
     if quantization is not None:
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
     if quantization == "float16":
         converter.target_spec.supported_types = [tf.float16]
     elif quantization == "int16x8":
-        names = _flat_names(concrete_function.structured_input_signature[0][0])
+        names = flat_names(concrete_function.structured_input_signature[0][0])
         converter.representative_dataset = lambda: (
             [sample[name] for name in names] for sample in samples
         )
@@ -133,7 +136,7 @@ def _configure(converter, concrete_function, quantization, samples, streaming):
             tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8
         ]
     elif quantization == "int8":
-        names = _flat_names(concrete_function.structured_input_signature[0][0])
+        names = flat_names(concrete_function.structured_input_signature[0][0])
         converter.representative_dataset = lambda: (
             [sample[name] for name in names] for sample in samples
         )
@@ -158,10 +161,10 @@ def _convert(converter, function, quantization, samples, streaming, model):
             # The debugger's own (unused) interpreter is tf.lite's.
             warnings.filterwarnings("ignore", message=".*tf.lite.Interpreter")
             if quantization == "int8" and not streaming:
-                return _calibration._quantize_sequence_int8(
+                return _calibration.quantize_sequence_int8(
                     converter,
                     samples,
-                    _flat_names(function.structured_input_signature[0][0]),
+                    flat_names(function.structured_input_signature[0][0]),
                 )
             return converter.convert()
     except Exception as error:  # the converter raises ConverterError
@@ -186,7 +189,7 @@ def _fused_content(plan, quantization, samples, batch_size):
     if samples is not None:
         samples = _fused_lstm.rebatched(samples, batch)
     with _fused_lstm.saved_model_converter(plan.traced, function) as converter:
-        _configure(converter, function, quantization, samples, False)
+        configure(converter, function, quantization, samples, False)
         content = _convert(
             converter, function, quantization, samples, False, plan.model
         )
@@ -211,10 +214,43 @@ def _fused_content(plan, quantization, samples, batch_size):
     return content, function
 
 
-def _flat_names(structure):
+def flat_names(structure):
     """Names of a dict's values in the order ``tf.nest.flatten`` gives them."""
     names = list(structure)
     return tf.nest.flatten({name: name for name in names})
+
+
+def signature_names(concrete_function):
+    """The names of ``concrete_function``'s inputs and of its outputs (dicts
+    of one argument), in the order of the converted file's tensors."""
+    return (
+        flat_names(concrete_function.structured_input_signature[0][0]),
+        flat_names(concrete_function.structured_outputs),
+    )
+
+
+def finished(content, quantization, concrete_function, key=None):
+    """The converted ``content`` as it is written: the weights of a
+    ``"dynamic_range"`` file dequantised, those of a float16 or dynamic-range
+    loop widened (``_flatbuffer``), the signature ``key`` written (None: the
+    file has its own), and builtin ops only (else a ``ValueError``)."""
+    if quantization == "dynamic_range":
+        content = _flatbuffer.dequantize_weights(content)
+    if quantization in ("float16", "dynamic_range"):
+        content = _flatbuffer.widen_loop_weights(content)
+    if key is not None:
+        content = _flatbuffer.with_signature(
+            content, key, *signature_names(concrete_function)
+        )
+    not_builtin = [
+        op for op in litert_ops(content) if not re.fullmatch(r"[A-Z0-9_]+", op)
+    ]
+    if not_builtin:
+        raise ValueError(
+            f"Argument `model`: its LiteRT conversion contains the non-builtin "
+            f"ops {not_builtin}, which the stock LiteRT interpreter does not run"
+        )
+    return content
 
 
 @public("keras_feedback.export.export_litert")
@@ -321,7 +357,7 @@ def export_litert(
     True
     """
     _common.check_model(model)
-    _calibration._check_quantization(quantization, representative_data)
+    _calibration.check_quantization(quantization, representative_data)
     streaming = check_bool("streaming", streaming)
     _fused_lstm.check_option(fused_lstm, batch_size, streaming, quantization)
     path = os.fspath(path)
@@ -367,49 +403,38 @@ def export_litert(
     samples = None
     if quantization == "int8":
         if streaming:
-            samples = _calibration._step_samples(plan, representative_data)
+            samples = _calibration.step_samples(plan, representative_data)
         else:
-            samples = _calibration._sequence_samples(plan, representative_data)
+            samples = _calibration.sequence_samples(plan, representative_data)
     elif quantization == "int16x8":
         steps = (
-            _calibration._sequence_samples(plan, representative_data)
+            _calibration.sequence_samples(plan, representative_data)
             if unrolled
-            else _calibration._step_samples(plan, representative_data)
+            else _calibration.step_samples(plan, representative_data)
         )
-        samples = _calibration._with_headroom(steps, plan.input_names)
+        samples = _calibration.with_headroom(steps, plan.input_names)
     if fused_lstm:
         content, function = _fused_content(plan, quantization, samples, batch_size)
     else:
         function = _concrete_function(
             plan, "step" if streaming else "sequence", unroll=unrolled
         )
-        converter = _configure(
-            _converter(plan, function), function, quantization, samples, streaming
+        converter = configure(
+            make_converter(function, plan.traced),
+            function,
+            quantization,
+            samples,
+            streaming,
         )
         content = _convert(converter, function, quantization, samples, streaming, model)
-    if quantization == "dynamic_range":
-        content = _flatbuffer._dequantize_weights(content)
-    if quantization in ("float16", "dynamic_range"):
-        content = _flatbuffer._widen_loop_weights(content)
-    names = (
-        _flat_names(function.structured_input_signature[0][0]),
-        _flat_names(function.structured_outputs),
-    )
     if fused_lstm:  # converted from a SavedModel: its signature is written
-        _fused_lstm.check_signature(content, SEQUENCE_SIGNATURE, *names)
+        _fused_lstm.check_signature(
+            content, SEQUENCE_SIGNATURE, *signature_names(function)
+        )
+        key = None
     else:
-        content = _flatbuffer._with_signature(
-            content, STEP_SIGNATURE if streaming else SEQUENCE_SIGNATURE, *names
-        )
-    not_builtin = [
-        op for op in litert_ops(content) if not re.fullmatch(r"[A-Z0-9_]+", op)
-    ]
-    if not_builtin:
-        raise ValueError(
-            f"Argument `model`: its LiteRT conversion contains the non-builtin "
-            f"ops {not_builtin}, which the stock LiteRT interpreter does not run"
-        )
-    _atomic.write_file(path, content)
+        key = STEP_SIGNATURE if streaming else SEQUENCE_SIGNATURE
+    _atomic.write_file(path, finished(content, quantization, function, key))
     return path
 
 
@@ -448,7 +473,6 @@ def _run_sequence(interpreter, named, repeats=3):
 def _run_stream(interpreter, named, plan):
     inputs, outputs = _signature_io(interpreter, STEP_SIGNATURE)
     batch = next(iter(named.values())).shape[0]
-    steps = next(iter(named.values())).shape[1]
     start = plan.initial_state_fn({_trace.BATCH_SIZE: batch})
     states = {
         name: np.asarray(start[name], d["dtype"])
@@ -460,22 +484,16 @@ def _run_stream(interpreter, named, plan):
     for name, value in states.items():
         interpreter.resize_tensor_input(inputs[name]["index"], value.shape)
     interpreter.allocate_tensors()
-    step_outputs = []
-    seconds = []
-    for t in range(steps):
-        for name, value in named.items():
-            step = np.ascontiguousarray(value[:, t])
-            interpreter.set_tensor(inputs[name]["index"], step)
-        for name, value in states.items():
-            interpreter.set_tensor(inputs[name]["index"], value)
-        start = time.perf_counter()
-        interpreter.invoke()
-        seconds.append(time.perf_counter() - start)
-        result = {n: interpreter.get_tensor(d["index"]) for n, d in outputs.items()}
-        states = {name: result[name] for name in states}
-        step_outputs.append({k: v for k, v in result.items() if k not in states})
-    latency = 1e3 * float(np.median(seconds[1:] if len(seconds) > 1 else seconds))
-    return step_outputs, latency
+
+    def load(feed):
+        for name, value in feed.items():
+            interpreter.set_tensor(inputs[name]["index"], np.ascontiguousarray(value))
+
+    def read(_):
+        return {n: interpreter.get_tensor(d["index"]) for n, d in outputs.items()}
+
+    streamed = _common.stream(lambda _: interpreter.invoke(), named, states, load, read)
+    return streamed.outputs, streamed.latency_ms
 
 
 @public("keras_feedback.export.verify_litert")

@@ -179,19 +179,13 @@ def _run_steps(signatures, named, batch):
     """Streams ``named`` through ``step``; returns per-step outputs, ms/step."""
     step = signatures[STEP]
     states = signatures[INITIAL_STATE](batch_size=tf.constant(batch, tf.int32))
-    state_names = list(states)
-    time_steps = next(iter(named.values())).shape[1]
-    outputs = []
-    seconds = []
-    for t in range(time_steps):
-        feed = {name: tf.constant(value[:, t]) for name, value in named.items()}
-        start = time.perf_counter()
-        result = step(**feed, **states)
-        seconds.append(time.perf_counter() - start)
-        states = {name: result[name] for name in state_names}
-        outputs.append({k: v.numpy() for k, v in result.items() if k not in states})
-    latency = 1e3 * float(np.median(seconds[1:] if len(seconds) > 1 else seconds))
-    return outputs, latency
+    streamed = _common.stream(
+        lambda feed: step(**feed),
+        named,
+        states,
+        load=lambda feed: {k: tf.convert_to_tensor(v) for k, v in feed.items()},
+    )
+    return streamed.outputs, streamed.latency_ms
 
 
 def compare_steps(step_outputs, expected):

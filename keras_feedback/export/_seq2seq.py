@@ -8,7 +8,6 @@ graph.
 """
 
 import os
-import re
 from typing import Optional
 from typing import Union
 
@@ -17,10 +16,8 @@ import tensorflow as tf
 from keras_feedback._api import public
 from keras_feedback.export import _atomic
 from keras_feedback.export import _common
-from keras_feedback.export import _flatbuffer
+from keras_feedback.export import _litert
 from keras_feedback.export import _saved_model
-from keras_feedback.export._flatbuffer import litert_ops
-from keras_feedback.export._litert import _flat_names
 
 ENCODE = "encode"
 STEP = "step"
@@ -204,27 +201,9 @@ def export_seq2seq_litert(
         function = tf.function(
             functions.step, input_signature=[_step_specs(model)], autograph=False
         ).get_concrete_function()
-        converter = tf.lite.TFLiteConverter.from_concrete_functions([function], module)
-        converter.experimental_lower_to_saved_model = False
-        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
-        if quantization is not None:
-            converter.optimizations = [tf.lite.Optimize.DEFAULT]
-        if quantization == "float16":
-            converter.target_spec.supported_types = [tf.float16]
+        converter = _litert.make_converter(function, module)
+        _litert.configure(converter, function, quantization, None, streaming=True)
         content = converter.convert()
-    if quantization == "dynamic_range":
-        content = _flatbuffer._dequantize_weights(content)
     # The frozen conversion path writes no signature: name it "step".
-    content = _flatbuffer._with_signature(
-        content,
-        STEP,
-        _flat_names(function.structured_input_signature[0][0]),
-        _flat_names(function.structured_outputs),
-    )
-    not_builtin = [
-        op for op in litert_ops(content) if not re.fullmatch(r"[A-Z0-9_]+", op)
-    ]
-    if not_builtin:  # pragma: no cover - the converter refuses them first
-        raise ValueError(f"The decoder step needs non-builtin ops {not_builtin}")
-    _atomic.write_file(path, content)
+    _atomic.write_file(path, _litert.finished(content, quantization, function, STEP))
     return path
