@@ -79,7 +79,7 @@ SMALL = {
         "--data-dir", "{data}",
     ],
     "char_language_model": [
-        "--text-dir", "{tmp}/texts", "--length", "64", "--steps", "150",
+        "--text-dir", "{tmp}/texts", "--length", "64", "--steps", "80",
         "--units", "32", "--feedback-units", "4", "--sample", "5",
     ],
     "mnist_rows": [
