@@ -163,8 +163,7 @@ def _tf_kernel_run(training, recurrence, params, inputs, initial_states, **optio
 def _tf_kernel_graph(recurrence, training, static):
     """``_tf_kernel_run`` of ``recurrence`` as one graph function (not
     compiled), for eager calls: run op by op, its while loop would step in
-    Python (measured, mixed_bfloat16 GRU H=128, B=64, T=100: an eager
-    ``model(x)`` took 411 ms against 31 ms in float32 on the fused engine).
+    Python (over ten times slower: docs/engine.md, M10).
     ``training`` (whether a tape records the call) is part of the key: the
     reference loop chooses how it writes its outputs when it is traced."""
 

@@ -14,11 +14,9 @@ CALIBRATED = ("int8", "int16x8")
 # states by INT16_STATE_HEADROOM: fresh inputs go beyond the extremes of a
 # finite sample (the input projections then saturate), and a residual state
 # beyond the range it reached in calibration, where int16 affords the
-# headroom (1-2 of 15 bits). Measured on the test matrix (docs/deploy.md):
-# without headroom 0.30 for gru-att0-res0-out3 (its int8 weights' own share:
-# 3.8e-3), with it 4.0e-3; the states' headroom is smaller because a wider
-# range costs the precision a growing residual state needs (a residual gru
-# at 4x: 1.5e-2, at 2x: 1.0e-2, its weights' share 9.0e-3).
+# headroom (1-2 of 15 bits); the states' headroom is smaller because a wider
+# range costs the precision a growing residual state needs (the errors with
+# and without it: docs/deploy.md, "Measurements behind the code", D1).
 INT16_INPUT_HEADROOM = 4.0
 INT16_STATE_HEADROOM = 2.0
 # Calibration batches (time steps) fed to the int8 quantizer at most; longer

@@ -19,9 +19,8 @@ from keras_feedback.layers._feedback_loop import nested_layers
 # Default tolerance of ``verify_*`` (and the CLI): the max error relative to
 # the largest |Keras output| of an export that computes in float32, by the
 # compute dtype of the Keras model it is compared with. In float32 that is
-# float32 rounding (measured <= 5e-7); under a mixed policy it is the Keras
-# model's own half-precision rounding (measured on the 24 models of
-# tests/test_export_matrix.py and on stacked models: see docs/deploy.md).
+# float32 rounding; under a mixed policy it is the Keras model's own
+# half-precision rounding (the errors measured: docs/deploy.md).
 DEFAULT_TOLERANCES = {"float32": 1e-4, "float16": 1e-2, "bfloat16": 5e-2}
 HALF_DTYPES = ("float16", "bfloat16")
 

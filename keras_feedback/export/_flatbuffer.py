@@ -215,12 +215,8 @@ def widen_loop_weights(content):
 
     Why: XNNPACK, which LiteRT applies by default, takes a DEQUANTIZE of a
     constant as its own (it dequantizes the weights itself), and in a file
-    with a WHILE loop that goes wrong at times. The same float16 file gave
-    0.68 instead of 5e-4 relative error in 8-11 of 20 verifications in a
-    row in one process (dynamic_range: 1 in 20); with the DEQUANTIZE ops
-    moved out of the loop, 1 in 20-60 (dynamic_range: 7 in 60); with CASTs,
-    none in 120 (the fault seen with ai-edge-litert 2.1.6 to 2.3.0, the
-    CASTs measured with 2.3.0; docs/deploy.md). The
+    with a WHILE loop that goes wrong at times (one verification in a few,
+    in one process; with CASTs, none: docs/deploy.md, D2). The
     price is speed: the loop's matmuls read weights that XNNPACK has not
     packed in advance, and the weights are widened at every invoke.
 

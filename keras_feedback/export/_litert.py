@@ -114,7 +114,8 @@ def make_converter(concrete_function, trackable):
         [concrete_function], trackable
     )
     # Freeze the traced function directly rather than through a SavedModel:
-    # 3-5x faster, and it also freezes the variables the WHILE body reads.
+    # faster (docs/deploy.md, D3), and it also freezes the variables the
+    # WHILE body reads.
     converter.experimental_lower_to_saved_model = False
     return converter
 
@@ -201,8 +202,7 @@ def _fused_content(plan, quantization, samples, batch_size):
             f"quantization='int8' for model {plan.model.name!r}, whose other "
             f"recurrent layers stay WHILE loops ({loops}): "
             "the converter's SavedModel path, which the fused op needs, "
-            "quantizes a WHILE loop to int8 wrongly (measured 0.7-0.8 from "
-            "Keras, 2e-2-0.2 by the usual path; docs/deploy.md). Export it "
+            "quantizes a WHILE loop to int8 wrongly (docs/deploy.md). Export it "
             "with fused_lstm=False, or in float32, float16 or dynamic_range."
         )
     if _fused_lstm.FUSED_LSTM_OP not in ops:
@@ -277,16 +277,12 @@ def export_litert(
     naming the op and its layer, and nothing is written; the file is written
     atomically.
 
-    Quantisation, measured on the 24 ``Input -> Feedback -> Dense`` models of
-    the test suite (32 units, 7 steps; max error over the largest |Keras
-    output|): ``"float16"`` <= 1e-3; ``"dynamic_range"`` 1e-3 to 1.3e-2 (the
-    file computes exactly in float32 on int8-rounded weights: all of that is
-    the rounding of the weights); ``"int8"`` 2e-2 to 0.30, up to 0.39 for
-    residual cores, whose states grow over the sequence; ``"int16x8"`` (step
-    model, and unrolled whole sequences) 2.9e-3 to 2.2e-2, which is the int8
-    weights' rounding: within
-    1e-2, or within 1.2x the error of the same weights rounded to int8 in
-    Keras where that alone comes to 1e-2 (docs/deploy.md).
+    Quantisation: ``"float16"`` and ``"dynamic_range"`` compute in float32
+    (on float16- or int8-rounded weights: their error is the rounding of the
+    weights); ``"int8"`` rounds every tensor and its error grows with
+    residual cores, whose states grow over the sequence; ``"int16x8"``
+    leaves about the int8 weights' rounding. The errors, sizes and speeds
+    measured on the test suite's models are in docs/deploy.md.
 
     Args:
         model: a built functional or Sequential Keras model.
@@ -328,8 +324,7 @@ def export_litert(
             ``stateful``) called without mask or initial states as LiteRT's
             fused ``UNIDIRECTIONAL_SEQUENCE_LSTM`` builtin instead of a
             ``WHILE`` loop (whole-sequence model; other layers keep their
-            loop; an error when no layer can). In float 2.3-2.6x faster
-            for a 128-unit LSTM, 2.4-4.4x for a 16-unit one, slower in
+            loop; an error when no layer can). Faster in float, slower in
             int8 (docs/deploy.md), but the file changes: its batch size is
             fixed (``batch_size``), and the op keeps its states in LiteRT
             variable tensors, which carry the final states of one invoke
