@@ -138,12 +138,20 @@ def build(combination, units, features, seed, time=None):
 UNITS = FEATURES = 32
 
 
+def seed(combination):
+    """A combination's seed: its place in the full matrix, so that the
+    short and the full matrix test the same model of it."""
+    return 100 + ALL_COMBINATIONS.index(combination)
+
+
 @pytest.fixture(scope="module")
 def float_exports(tmp_path_factory):
     root = tmp_path_factory.mktemp("float_matrix")
     entries = []
     for i, combination in enumerate(COMBINATIONS):
-        model = build(combination, units=UNITS, features=FEATURES, seed=100 + i)
+        model = build(
+            combination, units=UNITS, features=FEATURES, seed=seed(combination)
+        )
         entries.append(
             {
                 "combination": combination,
@@ -410,7 +418,9 @@ def quantized_exports(tmp_path_factory, float_exports):
         row["int16x8 step"]["int8_weights_rel_error"] = all_int8_rounded_error(model, x)
         # Whole sequences in 16x8: the same model on a fixed time axis,
         # unrolled; refused for residual cores (docs/deploy.md).
-        fixed = build(entry["combination"], UNITS, FEATURES, 100 + i, time=7)
+        fixed = build(
+            entry["combination"], UNITS, FEATURES, seed(entry["combination"]), time=7
+        )
         fixed.set_weights(model.get_weights())
         options = {"quantization": "int16x8", "representative_data": calibration}
         target = root / f"m{i}-int16x8.tflite"
@@ -534,11 +544,11 @@ _REPEAT_SCRIPT = textwrap.dedent(
     import json, sys
     import numpy as np
     sys.path.insert(0, sys.argv[1])
-    from test_export_matrix import COMBINATIONS, FEATURES, IDS, UNITS, build
+    from test_export_matrix import COMBINATIONS, FEATURES, IDS, UNITS, build, seed
     from keras_feedback import export
 
     index = IDS.index(sys.argv[2])
-    model = build(COMBINATIONS[index], UNITS, FEATURES, 100 + index)
+    model = build(COMBINATIONS[index], UNITS, FEATURES, seed(COMBINATIONS[index]))
     x = np.random.default_rng(2).normal(size=(5, 7, FEATURES)).astype("float32")
     print(json.dumps({
         path: [
