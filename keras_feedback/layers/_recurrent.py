@@ -234,9 +234,11 @@ class FeedbackRNN(MemoryCalls, keras.layers.Layer):
             checked.append(cell.to_engine(tf.cast(state, self.compute_dtype)))
         return checked
 
-    def _check_mask(self, mask, sequences):
-        """``mask`` as a ``(batch, time)`` boolean tensor that fits
-        ``sequences``, or a ``ValueError`` that says what it got."""
+    def check_mask(
+        self, mask: TensorLike, sequences: TensorLike
+    ) -> Optional[tf.Tensor]:
+        """``mask`` (None passes) as a ``(batch, time)`` boolean tensor that
+        fits ``sequences``, or a ``ValueError`` that says what it got."""
         if mask is None:
             return None
         mask = tf.convert_to_tensor(mask)
@@ -319,7 +321,7 @@ class FeedbackRNN(MemoryCalls, keras.layers.Layer):
             )
         cell = self.cell
         sequences = self._cast_inputs(sequences)
-        mask = self._check_mask(mask, sequences)
+        mask = self.check_mask(mask, sequences)
         if mask is not None and not engines.pure():
             sequences = _masking.zero_masked(sequences, mask)
         states = self._start_states(initial_state, sequences)

@@ -247,7 +247,7 @@ class _Probe:
         if mask is None:
             keep = tf.ones([batch, steps], tf.bool)
         else:
-            keep = layer._check_mask(mask, sequences)
+            keep = layer.check_mask(mask, sequences)
         states = layer.start_states(sequences)
         with tf.GradientTape() as tape:
             hidden, entering, outputs = [], [], []
