@@ -270,18 +270,18 @@ def test_registered_extra_is_found(monkeypatch):
     def cube_derivative(x):
         return 3.0 * x * x
 
-    _registry._register("cube", cube, cube_derivative)
+    _registry.register_activation("cube", cube, cube_derivative)
     assert activations.get("cube") is cube
     assert activations.serialize(cube) == "cube"
     assert activations.deserialize("cube") is cube
     assert activations.derivative("cube") is cube_derivative
     assert activations.derivative(cube) is cube_derivative
-    _registry._register("cube", cube)  # Same object again: fine.
+    _registry.register_activation("cube", cube)  # Same object again: fine.
     with pytest.raises(ValueError, match="already registered"):
-        _registry._register("cube", lambda x: x)
+        _registry.register_activation("cube", lambda x: x)
 
     # A class entry (a learnable activation) is instantiated per `get`.
-    _registry._register("prelu_test", keras.layers.PReLU)
+    _registry.register_activation("prelu_test", keras.layers.PReLU)
     first = activations.get("prelu_test")
     assert isinstance(first, keras.layers.PReLU)
     assert activations.get("prelu_test") is not first

@@ -194,5 +194,5 @@ def rrelu_derivative(
     return ops.where(ops.greater_equal(x, 0.0), ones, slope * ones)
 
 
-_registry._register("lisht", lisht, lisht_derivative)
-_registry._register("snake", snake, snake_derivative)
+_registry.register_activation("lisht", lisht, lisht_derivative)
+_registry.register_activation("snake", snake, snake_derivative)

@@ -213,4 +213,4 @@ class Pade(LearnableActivation):
         }
 
 
-_registry._register("pade", Pade)
+_registry.register_activation("pade", Pade)

@@ -3,7 +3,7 @@
 The table starts as every activation ``keras.activations`` ships, under every
 name Keras accepts for it (aliases such as ``swish`` included), read from the
 public module at import time so a new Keras activation is picked up without a
-change here. ``_register`` adds the library's own activations to the same
+change here. ``register_activation`` adds the library's own activations to the same
 table (learnable ones are registered as classes: ``get(name)`` then returns a
 fresh instance, which carries its own weights).
 """
@@ -53,7 +53,7 @@ _ACTIVATIONS = _keras_activations()
 _DERIVATIVES = dict(_derivatives.DERIVATIVES)
 
 
-def _register(name, activation, derivative=None):
+def register_activation(name, activation, derivative=None):
     """Add ``activation`` to the table under ``name``.
 
     Args:

@@ -336,8 +336,8 @@ class RReLU(ParametricActivation):
         }
 
 
-_registry._register("prelu", PReLU)
-_registry._register("learnable_swish", Swish)
-_registry._register("learnable_snake", Snake)
-_registry._register("apl", APL)
-_registry._register("rrelu", RReLU, _extras.rrelu_derivative)
+_registry.register_activation("prelu", PReLU)
+_registry.register_activation("learnable_swish", Swish)
+_registry.register_activation("learnable_snake", Snake)
+_registry.register_activation("apl", APL)
+_registry.register_activation("rrelu", RReLU, _extras.rrelu_derivative)

@@ -262,7 +262,7 @@ def _cast(dtype):
     return lambda y: tf.cast(y, dtype)
 
 
-def _check_positive(name, value, allow_none=False):
+def check_positive(name, value, allow_none=False):
     if value is None and allow_none:
         return
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -423,8 +423,8 @@ def load(
     >>> task.input_size, task.time_steps, task.loss  # doctest: +SKIP
     (2, 100, 'mse')
     """
-    _check_positive("batch_size", batch_size, allow_none=True)
-    _check_positive("max_length", max_length)
+    check_positive("batch_size", batch_size, allow_none=True)
+    check_positive("max_length", max_length)
     dataset, builder = load_raw(
         name,
         split,

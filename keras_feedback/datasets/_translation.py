@@ -117,7 +117,7 @@ class CharVocabulary:
                 ``map_unknown``), or a string does not fit in ``length``.
         """
         strings = _as_texts(strings, argument)
-        _loading._check_positive("length", length)
+        _loading.check_positive("length", length)
         ids = np.full((len(strings), length), self.PAD, np.int32)
         for row, text in enumerate(strings):
             tokens = [self._id(c, text, row, argument) for c in text]
@@ -362,8 +362,8 @@ def load_translation(
     ...     "ted_hrlr_translate/pt_to_en", "validation",
     ...     data_dir="data")  # doctest: +SKIP
     """
-    _loading._check_positive("max_source_length", max_source_length, allow_none=True)
-    _loading._check_positive("max_target_length", max_target_length, allow_none=True)
+    _loading.check_positive("max_source_length", max_source_length, allow_none=True)
+    _loading.check_positive("max_target_length", max_target_length, allow_none=True)
     train, builder = _loading.load_raw(
         name, "train", data_dir=data_dir, download=download
     )

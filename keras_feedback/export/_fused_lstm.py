@@ -235,7 +235,9 @@ def fused_model(model):
 def file_batch(plan, batch_size):
     """The fixed batch of the fused file: ``batch_size``, else the model's
     own (its inputs' static batch), else 1."""
-    batches = {tuple(t.shape)[0] for t in _trace._flat(plan.model.inputs)} - {None}
+    batches = {tuple(t.shape)[0] for t in _trace.flat_leaves(plan.model.inputs)} - {
+        None
+    }
     if batch_size is not None:
         if batches and batches != {int(batch_size)}:
             raise ValueError(

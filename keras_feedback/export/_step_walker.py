@@ -1,8 +1,8 @@
 """The step walk: a model's layer graph evaluated for one time step.
 
-``_StepWalker`` walks the model's layer graph (its Keras config, the public
+``StepWalker`` walks the model's layer graph (its Keras config, the public
 record of every call): each feedback layer (any ``FeedbackRNN``) advances one
-step through its public ``step`` with explicit states (``_States``); layers
+step through its public ``step`` with explicit states (``States``); layers
 that act on every time step independently run on a length-1 sequence; every
 layer after a ``return_sequences=False`` feedback layer runs as usual, on "the
 output if the sequence ended now". ``NotStreamable`` says why a model cannot
@@ -75,7 +75,7 @@ def describe(layer):
     return f"{type(layer).__name__} {layer.name!r}"
 
 
-class _States:
+class States:
     """The states a step reads (``get``) and writes (``put``).
 
     With ``specs=None`` it records what is asked for and hands out zeros
@@ -119,7 +119,7 @@ class _States:
         self.new[name] = value
 
 
-class _Value:
+class Value:
     """A tensor of the step walk: time-sliced (``(B, 1, ...)``) or not."""
 
     __slots__ = ("tensor", "step", "mask")
@@ -131,7 +131,7 @@ class _Value:
 
 
 def _map(structure, fn):
-    if isinstance(structure, _Value):
+    if isinstance(structure, Value):
         return fn(structure)
     if isinstance(structure, (list, tuple)):
         return type(structure)(_map(s, fn) for s in structure)
@@ -141,8 +141,8 @@ def _map(structure, fn):
 
 
 def _values(structure):
-    """The ``_Value`` leaves of ``structure``, in tf.nest order."""
-    if isinstance(structure, _Value):
+    """The ``Value`` leaves of ``structure``, in tf.nest order."""
+    if isinstance(structure, Value):
         return [structure]
     if isinstance(structure, dict):
         return [v for key in sorted(structure) for v in _values(structure[key])]
@@ -159,7 +159,7 @@ def _is_keras_tensor_config(value):
     return isinstance(value, dict) and value.get("class_name") == "__keras_tensor__"
 
 
-class _StepWalker:
+class StepWalker:
     """Evaluates a model's layer graph for one time step."""
 
     def __init__(self, states):
@@ -242,7 +242,7 @@ class _StepWalker:
             mask = kwargs.get("mask")
             if mask is not None:
                 masks = tf.nest.flatten(_map(mask, lambda v: v.tensor))
-                flat = [_Value(v.tensor, v.step, m) for v, m in zip(flat, masks)]
+                flat = [Value(v.tensor, v.step, m) for v, m in zip(flat, masks)]
             return self.run_model(layer, flat, prefix=key + "_")
         if step:
             self._check_per_step(layer, values)
@@ -297,11 +297,11 @@ class _StepWalker:
             if output_mask is not None:
                 flat_masks = tf.nest.flatten(output_mask)[: len(flat)]
                 masks[: len(flat_masks)] = flat_masks
-        return [_Value(t, step, m) for t, m in zip(flat, masks)]
+        return [Value(t, step, m) for t, m in zip(flat, masks)]
 
     def _feedback(self, layer, key, args, kwargs):
         sequence = args[0]
-        if not isinstance(sequence, _Value) or not sequence.step:
+        if not isinstance(sequence, Value) or not sequence.step:
             raise NotStreamable(layer, "its input does not vary over time")
         if layer.go_backwards:
             raise NotStreamable(
@@ -315,7 +315,7 @@ class _StepWalker:
                 layer, "its initial state is computed in the model's graph"
             )
         mask = kwargs.get("mask")
-        mask = mask.tensor if isinstance(mask, _Value) else sequence.mask
+        mask = mask.tensor if isinstance(mask, Value) else sequence.mask
         dtype = layer.compute_dtype
         old = [
             self.states.get(f"{key}_{name}", shape, dtype, source=(layer, i))
@@ -335,11 +335,11 @@ class _StepWalker:
         for name, value in zip(layer.state_names, new):
             self.states.put(f"{key}_{name}", value)
         if layer.return_sequences:
-            result = [_Value(output[:, None], True, mask)]
+            result = [Value(output[:, None], True, mask)]
         else:
-            result = [_Value(output, False)]
+            result = [Value(output, False)]
         if layer.return_state:
-            result.extend(_Value(s, False) for s in new)
+            result.extend(Value(s, False) for s in new)
         return result
 
 

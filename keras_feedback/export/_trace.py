@@ -28,9 +28,9 @@ import tensorflow as tf
 
 from keras_feedback.export import _common
 from keras_feedback.export._step_walker import NotStreamable
-from keras_feedback.export._step_walker import _States
-from keras_feedback.export._step_walker import _StepWalker
-from keras_feedback.export._step_walker import _Value
+from keras_feedback.export._step_walker import States
+from keras_feedback.export._step_walker import StepWalker
+from keras_feedback.export._step_walker import Value
 from keras_feedback.export._step_walker import describe
 from keras_feedback.layers._feedback_loop import nested_layers
 from keras_feedback.layers._recurrent import FeedbackRNN
@@ -83,12 +83,14 @@ def _structure(model, attribute):
         return list(getattr(model, attribute + "s"))
 
 
-def _flat(structure):
+def flat_leaves(structure):
     """Leaves in ``tf.nest`` order (dicts by sorted key), like a call's."""
     if isinstance(structure, dict):
-        return [leaf for key in sorted(structure) for leaf in _flat(structure[key])]
+        return [
+            leaf for key in sorted(structure) for leaf in flat_leaves(structure[key])
+        ]
     if isinstance(structure, (list, tuple)):
-        return [leaf for item in structure for leaf in _flat(item)]
+        return [leaf for item in structure for leaf in flat_leaves(item)]
     return [structure]
 
 
@@ -126,7 +128,7 @@ class ExportPlan:
         half = _common.compute_dtype_of(model) in _common.HALF_DTYPES
         if compute_dtype == "float32" and half:
             self.traced = float32_model(model)
-        inputs = _flat(_structure(model, "input"))
+        inputs = flat_leaves(_structure(model, "input"))
         if len(inputs) == 1:
             self.input_names = [SINGLE_INPUT]
         else:
@@ -134,7 +136,7 @@ class ExportPlan:
                 [_common.signature_name(t.name) for t in inputs], "input"
             )
         structure = _structure(model, "output")
-        outputs = _flat(structure)
+        outputs = flat_leaves(structure)
         if len(outputs) == 1:
             self.output_names = [SINGLE_OUTPUT]
         else:
@@ -246,7 +248,7 @@ class ExportPlan:
                 f"Model {self.model.name!r} has no step function: "
                 f"{self.step_problem_message()}"
             )
-        states = _States(self.state_specs, inputs)
+        states = States(self.state_specs, inputs)
         outputs = self._run_step(inputs, states)
         return {**outputs, **states.new}
 
@@ -347,7 +349,7 @@ class ExportPlan:
 
     def _discover_states(self):
         """Runs the step walk once with zero states to learn which it needs."""
-        recorder = _States(None, None)
+        recorder = States(None, None)
         spec = [dict(self.step_input_specs)]
 
         @tf.function(input_signature=spec, autograph=False)
@@ -362,10 +364,10 @@ class ExportPlan:
 
     def _run_step(self, inputs, states):
         values = [
-            _Value(tf.expand_dims(inputs[name], 1), step=True)
+            Value(tf.expand_dims(inputs[name], 1), step=True)
             for name in self.input_names
         ]
-        walker = _StepWalker(states)
+        walker = StepWalker(states)
         outputs = walker.run_model(self.traced, values, prefix="")
         result = {}
         for name, value in zip(self.output_names, outputs):

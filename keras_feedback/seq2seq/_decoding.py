@@ -56,13 +56,13 @@ class DecodeResult(NamedTuple):
     scores: tf.Tensor
 
 
-def _check_positive(name, value):
+def check_positive(name, value):
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"Argument `{name}` must be a positive integer, got {value!r}")
     return value
 
 
-def _check_token(name, value):
+def check_token(name, value):
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise ValueError(
             f"Argument `{name}` must be a non-negative integer (a token id), "
@@ -109,9 +109,9 @@ def _compiled(factory, jit_compile, *options):
 
 
 def _check_common(start_token, end_token, max_length, initial_states, context):
-    _check_token("start_token", start_token)
-    _check_token("end_token", end_token)
-    _check_positive("max_length", max_length)
+    check_token("start_token", start_token)
+    check_token("end_token", end_token)
+    check_positive("max_length", max_length)
     _batch_size(initial_states, context)
 
 
@@ -296,7 +296,7 @@ def sample(
             f"Argument `temperature` must be a positive float, got {temperature!r}"
         )
     if top_k is not None:
-        _check_positive("top_k", top_k)
+        check_positive("top_k", top_k)
     if top_p is not None and (
         isinstance(top_p, bool)
         or not isinstance(top_p, (int, float))
@@ -374,7 +374,7 @@ def beam_search(
         best beam first, and the beams' penalised scores.
     """
     _check_common(start_token, end_token, max_length, initial_states, context)
-    _check_positive("beam_width", beam_width)
+    check_positive("beam_width", beam_width)
     if isinstance(length_penalty_weight, bool) or not (
         isinstance(length_penalty_weight, (int, float)) and length_penalty_weight >= 0
     ):

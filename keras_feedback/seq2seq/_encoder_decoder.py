@@ -87,8 +87,8 @@ class EncoderDecoder:
                 + (", after the memory and its mask" if self.attends else "")
                 + f"), got {len(encoder.outputs)} outputs"
             )
-        _decoding._check_token("start_token", start_token)
-        _decoding._check_token("end_token", end_token)
+        _decoding.check_token("start_token", start_token)
+        _decoding.check_token("end_token", end_token)
         self.encoder = encoder
         self.decoder = decoder
         self.embedding = embedding
