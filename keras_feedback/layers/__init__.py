@@ -4,7 +4,7 @@ from keras_feedback.layers._conv_feedback import ConvFeedback2D
 from keras_feedback.layers._convert import convert
 from keras_feedback.layers._equilibrium import Equilibrium
 from keras_feedback.layers._feedback import Feedback
-from keras_feedback.layers._feedback import FeedbackCell
+from keras_feedback.layers._feedback_cell import FeedbackCell
 from keras_feedback.layers._feedback_loop import FeedbackLoop
 
 __all__ = [
