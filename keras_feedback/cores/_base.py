@@ -29,6 +29,7 @@ import keras
 import tensorflow as tf
 
 from keras_feedback._api import public
+from keras_feedback._checks import check_bool
 
 # alias -> core class, filled by the built-in cores' ``alias``.
 _ALIASES: Dict[str, type] = {}
@@ -319,6 +320,37 @@ def get(core: CoreLike) -> Core:
         f"`state_size` and `call(inputs, states)`), got {core!r} "
         f"({type(core).__name__})"
     )
+
+
+# The cell arguments that configure one core: argument -> the core's attribute.
+_CORE_OPTIONS = {"lstm": "unit_forget_bias", "gru": "reset_after"}
+
+
+def resolve(core, unit_forget_bias=None, reset_after=None):
+    """The ``Core`` of a cell's ``core`` argument, with the arguments that
+    configure a built-in core (Keras's ``LSTM(unit_forget_bias=...)``,
+    ``GRU(reset_after=...)``): they set the option of a core given by its
+    alias, must agree with a core object's, and are ignored by the cores
+    that have no such option (as a GRU ignores ``unit_forget_bias``)."""
+    options = {"unit_forget_bias": unit_forget_bias, "reset_after": reset_after}
+    for name, value in options.items():
+        if value is not None:
+            check_bool(name, value)
+    given = {k: v for k, v in options.items() if v is not None}
+    if isinstance(core, str) and core in _CORE_OPTIONS:
+        option = _CORE_OPTIONS[core]
+        resolved = get(core)
+        if option in given:
+            resolved = type(resolved)(**{option: given[option]})
+        return resolved
+    resolved = get(core)
+    for name, value in given.items():
+        if hasattr(resolved, name) and getattr(resolved, name) != value:
+            raise ValueError(
+                f"Argument `{name}`={value!r} contradicts `core`={resolved!r}: "
+                f"leave `{name}` out, or pass a core with {name}={value!r}"
+            )
+    return resolved
 
 
 @public("keras_feedback.cores.serialize")
