@@ -95,31 +95,30 @@ def loop(
     index,
     steps=None,
     writers=None,
-    pipelined=True,
 ):
     """Runs ``body`` for ``t`` in ``range(num_steps)``; returns carry, buffers.
 
     ``buffers`` is a structure of tensors (a named tuple of lists, say);
     ``read(t, buffers)`` slices step ``t``'s inputs out of whole-sequence
-    tensors (``buffers`` as they are when step ``t`` starts: a buffer may
-    hold the inputs that its own writes replace, step by step);
+    tensors (a buffer may hold the inputs that its own writes replace, step
+    by step, as long as no step reads what an earlier one wrote: the read
+    of step ``t`` sees the writes of the steps before ``t - 1`` only);
     ``body(t, current, carry) -> (carry, values)``, ``values`` of the
     structure of ``buffers``; each value is written into its buffer at the
     index that ``index(t)`` (a structure like ``buffers``) holds for it, by
     the writer that ``writers`` (the same, or None: ``write``, along the
     first axis) holds.
 
-    ``pipelined``: the while loop reads one step ahead and writes one step
-    behind, carrying the slices and the values. XLA:CPU does not vectorize
-    an elementwise fusion that also holds a dynamic slice of a tensor the
-    loop only reads, and fuses exactly those unless a loop boundary
-    separates them (docs/engine.md, M9). The last write
-    then falls after the loop, where XLA copies the whole buffer first (one
-    more buffer of its size); an extra iteration that only writes keeps it
-    in the loop. Not pipelined, a step reads and writes in place: right for
-    a buffer whose step ``t`` is read and then replaced by its write (XLA
-    keeps the read out of the step's fusions there). ``steps`` (static)
-    unrolls the loop instead.
+    The while loop reads one step ahead and writes one step behind,
+    carrying the slices and the values (docs/engine.md, M9 and M11): XLA:CPU
+    does not vectorize an elementwise fusion that also holds a dynamic slice
+    of a tensor the loop only reads, and fuses exactly those unless a loop
+    boundary separates them; and a slice of a buffer that the step's own
+    write replaces, fused into several of the step's fusions, makes XLA copy
+    the whole buffer at every step (O(T) per step). The last write then
+    falls after the loop, where XLA copies the whole buffer first (one more
+    buffer of its size); an extra iteration that only writes keeps it in
+    the loop. ``steps`` (static) unrolls the loop instead.
     """
     structure = buffers
     flat_writers = (
@@ -151,48 +150,33 @@ def loop(
             flat = write_all(flat, tf.nest.flatten(index(t)), values)
         return carry, pack([from_storage(b) for b in flat])
 
-    if pipelined:
+    def iteration(t, current, carry, flat, pending_index, pending):
+        flat = write_all(flat, pending_index, pending)
 
-        def iteration(t, current, carry, flat, pending_index, pending):
-            flat = write_all(flat, pending_index, pending)
+        def run_step():
+            return flat_body(t, current, carry)
 
-            def run_step():
-                return flat_body(t, current, carry)
+        # The extra last iteration (t == num_steps) only writes.
+        carry, values = tf.cond(t < num_steps, run_step, lambda: (carry, list(pending)))
+        ahead = flat_read(tf.minimum(t + 1, num_steps - 1), flat)
+        return t + 1, ahead, carry, flat, indices(t), values
 
-            # The extra last iteration (t == num_steps) only writes.
-            carry, values = tf.cond(
-                t < num_steps, run_step, lambda: (carry, list(pending))
-            )
-            ahead = flat_read(tf.minimum(t + 1, num_steps - 1), flat)
-            return t + 1, ahead, carry, flat, indices(t), values
-
-        # The first write (zeros at step 0's index) is overwritten a step
-        # later.
-        loop_vars = (
-            tf.constant(0),
-            flat_read(0, flat),
-            carry,
-            flat,
-            indices(0),
-            [
-                tf.zeros_like(b[0] if w is write else b[:, 0])
-                for w, b in zip(flat_writers, flat)
-            ],
-        )
-        last = num_steps
-    else:
-
-        def iteration(t, carry, flat):
-            carry, values = flat_body(t, flat_read(t, flat), carry)
-            return t + 1, carry, write_all(flat, indices(t), values)
-
-        loop_vars = (tf.constant(0), carry, flat)
-        last = num_steps - 1
-    results = while_loop(lambda t, *_: t <= last, iteration, loop_vars)
-    if pipelined:
-        _, _, carry, flat, _, _ = results
-    else:
-        _, carry, flat = results
+    # The first write (zeros at step 0's index) is overwritten a step
+    # later.
+    loop_vars = (
+        tf.constant(0),
+        flat_read(0, flat),
+        carry,
+        flat,
+        indices(0),
+        [
+            tf.zeros_like(b[0] if w is write else b[:, 0])
+            for w, b in zip(flat_writers, flat)
+        ],
+    )
+    _, _, carry, flat, _, _ = while_loop(
+        lambda t, *_: t <= num_steps, iteration, loop_vars
+    )
     return carry, pack([from_storage(b) for b in flat])
 
 

@@ -200,7 +200,6 @@ def reverse(
         index,
         cfg.steps,
         writers=writers,
-        pipelined=False,
     )
     if empty:
         d_inputs = tf.nest.map_structure(lambda d: d[:, :num_steps], d_inputs)
