@@ -26,8 +26,15 @@ def layer_norm(x, gamma, beta, eps=1e-3):
     return (x - mean) / np.sqrt(var + eps) * gamma + beta
 
 
-def feedback_step(w, x, h, carry, c, cfg):
-    """One step; ``w`` maps weight names to arrays, ``cfg`` the layer options."""
+def feedback_step(w, x, h, carry, c, cfg, term=None, scale=None):
+    """One step; ``w`` maps weight names to arrays, ``cfg`` the layer options.
+
+    ``term`` (``(B, H)``) and ``scale`` (``(B, 1)``): the gated-feedback
+    stack's other layers' term and the gate of the layer's own recurrent
+    term in the candidate (Chung et al. 2015; ``stack_sequence``).
+    """
+    term = 0.0 if term is None else term
+    scale = 1.0 if scale is None else scale
     act = ACTIVATIONS[cfg.get("activation", "tanh")]
     rec_act = ACTIVATIONS[cfg.get("recurrent_activation", "sigmoid")]
     fb_act = ACTIVATIONS[cfg.get("feedback_activation", "sigmoid")]
@@ -40,7 +47,12 @@ def feedback_step(w, x, h, carry, c, cfg):
     new_carry = None
     if core == "indrnn":
         # Li et al. 2018: an elementwise recurrent weight u.
-        h_new = act(xin + w["recurrent_kernel"] * h + (bias if bias is not None else 0))
+        h_new = act(
+            xin
+            + scale * (w["recurrent_kernel"] * h)
+            + term
+            + (bias if bias is not None else 0)
+        )
     elif core == "gru" and not cfg.get("reset_after", True):
         # Cho et al. 2014, Keras's GRU(reset_after=False): r multiplies h
         # before U_h; one bias.
@@ -51,25 +63,30 @@ def feedback_step(w, x, h, carry, c, cfg):
         xz, xr, xh = np.split(xin, 3, axis=-1)
         z = rec_act(xz + h @ u[:, :units])
         r = rec_act(xr + h @ u[:, units : 2 * units])
-        cand = act(xh + (r * h) @ u[:, 2 * units :])
+        cand = act(xh + scale * ((r * h) @ u[:, 2 * units :]) + r * term)
         h_new = z * h + (1 - z) * cand
     if core in ("simple", "gru", "lstm"):
         rec = h @ w["recurrent_kernel"]
     if core == "simple":
-        h_new = act(xin + rec + (bias if bias is not None else 0))
+        h_new = act(xin + scale * rec + term + (bias if bias is not None else 0))
     elif core == "gru" and cfg.get("reset_after", True):
-        if bias is not None:
-            xin = xin + bias[0]
-            rec = rec + bias[1]
         xz, xr, xh = np.split(xin, 3, axis=-1)
         rz, rr, rh = np.split(rec, 3, axis=-1)
+        rh = scale * rh  # the gate scales U_h h, not the recurrent bias
+        if bias is not None:
+            bz, br, bh = np.split(bias[0], 3)
+            cz, cr, ch = np.split(bias[1], 3)
+            xz, xr, xh = xz + bz, xr + br, xh + bh
+            rz, rr, rh = rz + cz, rr + cr, rh + ch
         z = rec_act(xz + rz)
         r = rec_act(xr + rr)
-        cand = act(xh + r * rh)
+        cand = act(xh + r * (rh + term))
         h_new = z * h + (1 - z) * cand
     elif core == "lstm":
-        pre = xin + rec + (bias if bias is not None else 0)
+        pre = xin + (bias if bias is not None else 0)
         i, f, g, o = np.split(pre, 4, axis=-1)
+        ri, rf, rg, ro = np.split(rec, 4, axis=-1)
+        i, f, g, o = i + ri, f + rf, g + scale * rg + term, o + ro
         new_carry = rec_act(f) * carry + rec_act(i) * act(g)
         h_new = rec_act(o) * act(new_carry)
     if cfg.get("layer_norm"):
@@ -210,3 +227,79 @@ def attention_sequence(w, xs, memory, cfg, memory_mask=None, mask=None):
         alignments.append(a)
     states = [s for s in (h, carry, c) if s is not None] + ([att] if feeding else [])
     return np.stack(outputs, 1), states, np.stack(alignments, 1)
+
+
+def stack_sequence(layers, stack, xs, cfgs, top_down, go_backwards=False):
+    """A ``FeedbackStack`` over ``xs`` (B, T, D), from the gated-feedback
+    RNN's equations (Chung et al. 2015), written as sums over the source
+    layers ``i``.
+
+    ``layers``: each layer's weights (``feedback_step``'s ``w``);
+    ``stack``: each layer's ``gate_kernel`` (in_j, L),
+    ``gate_recurrent_kernel`` (ΣH, L) and ``top_down_kernel`` (the rows of
+    the other layers' ``U^{i->j}``, in layer order); ``cfgs``: each layer's
+    options. Returns every layer's outputs ``[(B, T, O_j)]`` and the final
+    states, layer by layer.
+    """
+    batch, steps, _ = xs.shape
+    depth = len(layers)
+    h = [np.zeros((batch, cfg["units"])) for cfg in cfgs]
+    carry = [np.zeros((batch, cfg["units"])) for cfg in cfgs]
+    c = [np.zeros((batch, cfg["feedback_units"])) for cfg in cfgs]
+    outputs = [[] for _ in range(depth)]
+    order = range(steps - 1, -1, -1) if go_backwards else range(steps)
+    for t in order:
+        h_star = np.concatenate(h, -1)
+        below = xs[:, t]
+        new_h, new_carry, new_c = [], [], []
+        for j in range(depth):
+            term = scale = None
+            if top_down is not None and depth > 1:
+                if top_down == "gated":
+                    g = sigmoid(
+                        below @ stack[j]["gate_kernel"]
+                        + h_star @ stack[j]["gate_recurrent_kernel"]
+                    )
+                else:
+                    g = np.ones((batch, depth))
+                term, row = 0.0, 0
+                for i in range(depth):
+                    if i == j:
+                        continue
+                    size = cfgs[i]["units"]
+                    u_ij = stack[j]["top_down_kernel"][row : row + size]
+                    term = term + g[:, i : i + 1] * (h[i] @ u_ij)
+                    row += size
+                if top_down == "gated":
+                    scale = g[:, j : j + 1]
+            elif top_down == "gated":
+                g = sigmoid(
+                    below @ stack[j]["gate_kernel"]
+                    + h_star @ stack[j]["gate_recurrent_kernel"]
+                )
+                scale = g[:, j : j + 1]
+            cfg = cfgs[j]
+            y, h2, carry2, c2, _ = feedback_step(
+                layers[j],
+                below,
+                h[j],
+                carry[j],
+                c[j] if cfg["feedback_units"] else None,
+                cfg,
+                term,
+                scale,
+            )
+            new_h.append(h2)
+            new_carry.append(carry2)
+            new_c.append(c2)
+            outputs[j].append(y)
+            below = y
+        h, carry, c = new_h, new_carry, new_c
+    states = []
+    for j, cfg in enumerate(cfgs):
+        states.append(h[j])
+        if cfg["core"] == "lstm":
+            states.append(carry[j])
+        if cfg["feedback_units"]:
+            states.append(c[j])
+    return [np.stack(o, 1) for o in outputs], states

@@ -1,4 +1,5 @@
-"""The code on the documentation site's home, Getting started and Cores pages runs."""
+"""The code on the documentation site's home, Getting started, Cores and
+FeedbackStack pages runs."""
 
 import os
 import re
@@ -13,7 +14,9 @@ def _python_blocks(page):
         return re.findall(r"^```python\n(.*?)^```", f.read(), re.M | re.S)
 
 
-@pytest.mark.parametrize("page", ["index.md", "getting-started.md", "cores.md"])
+@pytest.mark.parametrize(
+    "page", ["index.md", "getting-started.md", "cores.md", "feedback_stack.md"]
+)
 def test_the_pages_python_blocks_run_in_order(page, tmp_path, monkeypatch):
     blocks = _python_blocks(page)
     assert blocks, page

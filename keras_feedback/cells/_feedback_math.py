@@ -295,6 +295,7 @@ def step(
     products=None,
     memory=None,
     candidate_term=None,
+    candidate_scale=None,
 ):
     """One time step of the feedback cell.
 
@@ -311,6 +312,8 @@ def step(
         memory: with memory attention, ``memory_params`` of the memory.
         candidate_term: optional ``(B, H)`` term the core adds to its
             candidate (``Core.update``).
+        candidate_scale: optional ``(B, 1)`` factor of the core's own
+            recurrent term in its candidate (``Core.update``).
 
     Returns:
         ``(y, new_states, trace)``: the output ``(B, output_size)``, the new
@@ -342,7 +345,11 @@ def step(
         products,
         linear,
     )
-    new_states = list(spec.core.update(ops, projected, core_states, candidate_term))
+    # Only the gated stack passes a scale: a core of its own may not take one.
+    extra = {} if candidate_scale is None else {"candidate_scale": candidate_scale}
+    new_states = list(
+        spec.core.update(ops, projected, core_states, candidate_term, **extra)
+    )
     h = new_states[0]
     if spec.layer_norm:
         h = _layer_norm(spec, params, h)

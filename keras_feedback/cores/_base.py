@@ -207,6 +207,7 @@ class Core:
         projected: tf.Tensor,
         states: List[tf.Tensor],
         candidate_term: Optional[tf.Tensor] = None,
+        candidate_scale: Optional[tf.Tensor] = None,
     ) -> List[tf.Tensor]:
         """One step: the core's new states, ``h`` first.
 
@@ -219,6 +220,14 @@ class Core:
                 to add to the candidate's pre-activation only (inside a GRU's
                 reset gate, to an LSTM's cell input, to a simple core's
                 pre-activation): how a layer above feeds back into this one.
+            candidate_scale: None, or a ``(batch, ..., 1)`` factor of the
+                core's own recurrent term in the candidate (``U_h h_{t-1}``
+                where ``candidate_term`` enters it; a GRU's gates and an
+                LSTM's input, forget and output gates keep theirs): the
+                gated-feedback stack's gate ``g^{j->j}``
+                (``layers.FeedbackStack``). A core that has no such term may
+                leave the argument out of its ``update``; the stack then
+                refuses it with ``top_down="gated"``.
 
         Returns:
             The new states, in ``state_names`` order.

@@ -18,6 +18,11 @@ def _recurrent_kernel(units, width):
     return Weight("recurrent_kernel", ("linear", units, width), "recurrent")
 
 
+def _scaled(term, scale):
+    """``term`` times the gated-feedback stack's ``candidate_scale``."""
+    return term if scale is None else scale * term
+
+
 @public("keras_feedback.cores.SimpleCore")
 class SimpleCore(Core):
     """Elman's update, Keras's ``SimpleRNNCell``:
@@ -28,8 +33,8 @@ class SimpleCore(Core):
     def weights(self, units):
         return (_recurrent_kernel(units, units), Weight("bias", (units,), "bias"))
 
-    def update(self, ops, projected, states, candidate_term=None):
-        pre = projected + ops.product("recurrent_kernel")
+    def update(self, ops, projected, states, candidate_term=None, candidate_scale=None):
+        pre = projected + _scaled(ops.product("recurrent_kernel"), candidate_scale)
         if candidate_term is not None:
             pre = pre + candidate_term
         return [ops.down(ops.activation(ops.up(pre)))]
@@ -68,11 +73,15 @@ class GRUCore(Core):
             return bias
         return bias[0]
 
-    def update(self, ops, projected, states, candidate_term=None):
+    def update(self, ops, projected, states, candidate_term=None, candidate_scale=None):
         h_prev = states[0]
         x_z, x_r, x_h = tf.split(projected, 3, axis=-1)
         if self.reset_after:
             recurrent = ops.product("recurrent_kernel")
+            if candidate_scale is not None:
+                # The gate scales U_h h_{t-1}, not the recurrent bias.
+                r_z, r_r, r_h = tf.split(recurrent, 3, axis=-1)
+                recurrent = tf.concat([r_z, r_r, candidate_scale * r_h], axis=-1)
             if "bias" in ops.params:
                 recurrent = recurrent + ops.params["bias"][1]
             r_z, r_r, r_h = tf.split(recurrent, 3, axis=-1)
@@ -90,7 +99,7 @@ class GRUCore(Core):
         z = ops.recurrent_activation(ops.up(x_z + r_z))
         r = ops.recurrent_activation(ops.up(x_r + r_r))
         r_h = ops.linear(ops.down(r) * ops.recurrent_input, kernel[..., 2 * units :])
-        pre = ops.up(x_h + r_h)
+        pre = ops.up(x_h + _scaled(r_h, candidate_scale))
         if candidate_term is not None:
             # The layer-above term is reset-gated in both forms.
             pre = pre + r * ops.up(candidate_term)
@@ -143,12 +152,14 @@ class LSTMCore(Core):
             Weight("bias", (4 * units,), "bias", initializer),
         )
 
-    def update(self, ops, projected, states, candidate_term=None):
+    def update(self, ops, projected, states, candidate_term=None, candidate_scale=None):
         _, carry = states
+        recurrent = ops.product("recurrent_kernel")
+        if candidate_scale is not None:
+            r_i, r_f, r_g, r_o = tf.split(recurrent, 4, axis=-1)
+            recurrent = tf.concat([r_i, r_f, candidate_scale * r_g, r_o], axis=-1)
         # One split (its gradient is one concatenation) rather than four slices.
-        z_i, z_f, z_g, z_o = tf.split(
-            ops.up(projected + ops.product("recurrent_kernel")), 4, axis=-1
-        )
+        z_i, z_f, z_g, z_o = tf.split(ops.up(projected + recurrent), 4, axis=-1)
         if candidate_term is not None:
             z_g = z_g + ops.up(candidate_term)
         i = ops.recurrent_activation(z_i)

@@ -103,8 +103,11 @@ class IndRNNCore(Core):
             Weight("bias", (units,), "bias"),
         )
 
-    def update(self, ops, projected, states, candidate_term=None):
-        pre = projected + ops.params["recurrent_kernel"] * ops.recurrent_input
+    def update(self, ops, projected, states, candidate_term=None, candidate_scale=None):
+        recurrent = ops.params["recurrent_kernel"] * ops.recurrent_input
+        if candidate_scale is not None:
+            recurrent = candidate_scale * recurrent
+        pre = projected + recurrent
         if candidate_term is not None:
             pre = pre + candidate_term
         return [ops.down(ops.activation(ops.up(pre)))]

@@ -6,6 +6,7 @@ from keras_feedback.layers._equilibrium import Equilibrium
 from keras_feedback.layers._feedback import Feedback
 from keras_feedback.layers._feedback_cell import FeedbackCell
 from keras_feedback.layers._feedback_loop import FeedbackLoop
+from keras_feedback.layers._feedback_stack import FeedbackStack
 
 __all__ = [
     "ConvFeedback2D",
@@ -13,5 +14,6 @@ __all__ = [
     "Feedback",
     "FeedbackCell",
     "FeedbackLoop",
+    "FeedbackStack",
     "convert",
 ]

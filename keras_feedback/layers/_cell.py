@@ -484,6 +484,11 @@ class FeedbackCellBase(keras.layers.Layer):
         owned.update(id(v) for v in self.core_object.variables())
         return {v.name: v for v in self.weights if id(v) not in owned}
 
+    @property
+    def fused(self):
+        """Whether the fused engine may run the cell (its core's ``fused``)."""
+        return self.core_object.fused
+
     def step_work(self):
         """About the multiply-adds of one step per example: the cell's
         weights (each read once per position), times the positions of a

@@ -293,7 +293,7 @@ class Feedback(FeedbackRNN):
                 f"Argument `use_cudnn`=True: cuDNN runs Keras's GRU and LSTM "
                 f"only, and the core is {self.cell.core_object!r}; leave it 'auto'"
             )
-        if engine == "xla" and not self.cell.core_object.fused:
+        if engine == "xla" and not self.cell.fused:
             raise ValueError(
                 f"Argument `engine`='xla': the core {self.cell.core_object!r} "
                 "runs on the reference engine only (a Keras cell may hold "

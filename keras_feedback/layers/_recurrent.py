@@ -341,7 +341,7 @@ class FeedbackRNN(MemoryCalls, keras.layers.Layer):
         else:
             outputs, last_output, final_states, traces = engines.run(
                 # A core the fused engine may not run (a wrapped Keras cell).
-                self.engine if cell.core_object.fused else "reference",
+                self.engine if cell.fused else "reference",
                 recurrence,
                 params,
                 inputs,

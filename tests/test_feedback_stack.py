@@ -1,0 +1,322 @@
+"""FeedbackStack: stacked layers with top-down (gated) feedback.
+
+Oracles: Keras's stacked SimpleRNN/GRU/LSTM (``top_down=None``, no
+feedback), the numpy reference of the gated-feedback RNN's equations
+(``numpy_reference.stack_sequence``, written as sums over source layers),
+the other engine, and central finite differences.
+"""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from helpers import check_directional_derivatives
+from helpers import relative_error
+from helpers import stream_steps
+from numpy_reference import stack_sequence
+
+from keras_feedback import cores
+from keras_feedback import export
+from keras_feedback.layers import FeedbackStack
+
+KERAS = {
+    "simple": keras.layers.SimpleRNN,
+    "gru": keras.layers.GRU,
+    "lstm": keras.layers.LSTM,
+}
+
+
+def _randomise(stack, rng, scale=0.5):
+    """Random weights; IndRNN's elementwise ``u`` in [0.3, 1)."""
+    for v in stack.weights:
+        if v.path.endswith("recurrent_kernel") and len(v.shape) == 1:
+            value = rng.uniform(0.3, 1.0, v.shape)
+        else:
+            value = scale * rng.standard_normal(v.shape)
+        v.assign(np.asarray(value, v.dtype))
+
+
+def _reference_weights(stack):
+    """The numpy reference's per-layer and across-layer weights."""
+    layers = [
+        {v.name: np.asarray(v.numpy(), "float64") for v in cell.trainable_weights}
+        for cell in stack.layers
+    ]
+    across = [
+        {k: np.asarray(v.numpy(), "float64") for k, v in weights.items()}
+        for weights in stack.cell._stack_weights
+    ]
+    return layers, across
+
+
+def _configs(stack):
+    """The numpy reference's per-layer options."""
+    configs = []
+    for cell in stack.layers:
+        core = cell.core_object
+        configs.append(
+            {
+                "core": type(core).alias,
+                "reset_after": getattr(core, "reset_after", True),
+                "units": cell.units,
+                "feedback_units": cell.feedback_units,
+                "activation": core.default_activation,
+            }
+        )
+    return configs
+
+
+@pytest.mark.parametrize("core", ["simple", "gru", "lstm"])
+@pytest.mark.parametrize("go_backwards", [False, True])
+@pytest.mark.parametrize("engine", ["reference", "xla"])
+def test_plain_stack_equals_keras_stacked_layers(core, go_backwards, engine, rng):
+    x = rng.standard_normal((3, 7, 4)).astype("float32")
+    stack = FeedbackStack(
+        [5, 6],
+        core=core,
+        top_down=None,
+        return_sequences=True,
+        go_backwards=go_backwards,
+        engine=engine,
+    )
+    bottom = KERAS[core](5, return_sequences=True, go_backwards=go_backwards)
+    top = KERAS[core](6, return_sequences=True)
+    top(bottom(x))
+    stack(x)
+    _randomise(stack, rng)
+    bottom.set_weights(stack.layers[0].get_weights())
+    top.set_weights(stack.layers[1].get_weights())
+    np.testing.assert_allclose(stack(x), top(bottom(x)), atol=2e-6)
+
+
+CASES = [
+    ("simple", "gated"),
+    ("simple", "ungated"),
+    ("gru", "gated"),
+    ("gru", "ungated"),
+    ("gru", None),
+    ("gru_cho", "gated"),
+    ("lstm", "gated"),
+    ("lstm", "ungated"),
+    ("indrnn", "gated"),
+]
+
+
+def _core(name):
+    return cores.GRUCore(reset_after=False) if name == "gru_cho" else name
+
+
+@pytest.mark.parametrize("core,top_down", CASES)
+@pytest.mark.parametrize("engine", ["reference", "xla"])
+def test_stack_against_numpy_reference(core, top_down, engine, rng):
+    """Every layer's outputs and the final states (float64) against the
+    paper's equations, with feedback in two of the three layers."""
+    x = rng.standard_normal((2, 6, 3))
+    stack = FeedbackStack(
+        [4, 3, 5],
+        core=_core(core),
+        feedback_units=[2, 0, 3],
+        top_down=top_down,
+        return_sequences=True,
+        return_all_layers=True,
+        return_state=True,
+        engine=engine,
+        dtype="float64",
+    )
+    stack(x)
+    _randomise(stack, rng)
+    layers, across = _reference_weights(stack)
+    cfgs = _configs(stack)
+    expected, states = stack_sequence(layers, across, x, cfgs, top_down)
+    result = stack(x)
+    outputs, final = result[0], result[1:]
+    assert len(outputs) == 3
+    for a, b in zip(outputs, expected):
+        assert relative_error(a, b) < 1e-12
+    assert [s.shape[-1] for s in final] == [s.shape[-1] for s in states]
+    for a, b in zip(final, states):
+        assert relative_error(a, b) < 1e-12
+
+
+@pytest.mark.parametrize("core", ["gru", "lstm", "simple"])
+def test_gated_gradients_engines_and_finite_differences(core, rng):
+    """The fused engine's gradients equal the reference engine's (float64,
+    1e-10) and central finite differences."""
+    x = tf.constant(rng.standard_normal((2, 5, 3)))
+    mask = np.ones((2, 5), bool)
+    mask[0, 3:] = False
+    stacks = {}
+    for engine in ("reference", "xla"):
+        stack = FeedbackStack(
+            [4, 3],
+            core=core,
+            feedback_units=[2, 1],
+            top_down="gated",
+            return_sequences=True,
+            engine=engine,
+            dtype="float64",
+        )
+        stack(x)
+        stacks[engine] = stack
+    _randomise(stacks["reference"], rng)
+    stacks["xla"].set_weights(stacks["reference"].get_weights())
+    probe = rng.standard_normal((2, 5, 3))
+    grads = {}
+    for engine, stack in stacks.items():
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_sum(stack(x, mask=mask) * probe)
+        grads[engine] = tape.gradient(loss, stack.trainable_weights)
+    for a, b in zip(grads["xla"], grads["reference"]):
+        assert relative_error(a, b) < 1e-10
+    stack = stacks["xla"]
+    check_directional_derivatives(
+        lambda: tf.reduce_sum(stack(x, mask=mask) * probe),
+        stack.trainable_weights,
+        rng,
+    )
+
+
+def test_step_streams_the_sequence_and_mask_holds_states(rng):
+    x = rng.standard_normal((3, 6, 4)).astype("float32")
+    mask = np.ones((3, 6), bool)
+    mask[0, 4:] = False
+    stack = FeedbackStack(
+        [5, 4], core="lstm", feedback_units=[3, 2], return_sequences=True
+    )
+    stack(x)
+    _randomise(stack, rng)
+    outputs, _ = stream_steps(stack, x, mask)
+    np.testing.assert_allclose(outputs, stack(x, mask=mask), atol=1e-5)
+    assert stack.state_names == ["h_0", "carry_0", "c_0", "h_1", "carry_1", "c_1"]
+    # Masked trailing steps: the final states of the shorter sequence.
+    stack.return_state = True
+    _, *held = stack(x, mask=mask)
+    _, *short = stack(x[:1, :4])
+    for a, b in zip(held, short):
+        np.testing.assert_allclose(a[:1], b, atol=1e-6)
+
+
+def test_stateful_chains_calls(rng):
+    x = rng.standard_normal((2, 8, 3)).astype("float32")
+    whole = FeedbackStack([4, 4], core="gru", feedback_units=2)
+    whole(x)
+    _randomise(whole, rng)
+    inputs = keras.Input(batch_shape=(2, None, 3))
+    stateful = FeedbackStack([4, 4], core="gru", feedback_units=2, stateful=True)
+    stateful(inputs)
+    stateful.set_weights(whole.get_weights())
+    stateful(x[:, :5])
+    np.testing.assert_allclose(stateful(x[:, 5:]), whole(x), atol=1e-5)
+    stateful.reset_state()
+    np.testing.assert_allclose(stateful(x), whole(x), atol=1e-5)
+
+
+def test_config_saving_bidirectional_and_mixed_precision(rng, tmp_path):
+    x = rng.standard_normal((2, 5, 3)).astype("float32")
+    stack = FeedbackStack(
+        [4, 3],
+        core=["lstm", cores.GRUCore(reset_after=False)],
+        feedback_units=[2, 0],
+        top_down="gated",
+        return_sequences=True,
+    )
+    inputs = keras.Input((None, 3))
+    outputs = keras.layers.Bidirectional(stack)(inputs)
+    model = keras.Model(inputs, keras.layers.Dense(2)(outputs))
+    _randomise(model.layers[1], rng)
+    expected = model(x)
+    forward = model.layers[1].forward_layer
+    backward = model.layers[1].backward_layer
+    np.testing.assert_allclose(
+        model.layers[1](x),
+        np.concatenate([forward(x), np.flip(backward(x), 1)], -1),
+        atol=1e-6,
+    )
+    config = stack.get_config()
+    clone = FeedbackStack.from_config(config)
+    assert clone.get_config() == config
+    assert clone.core == ["lstm", cores.GRUCore(reset_after=False)]
+    path = tmp_path / "stack.keras"
+    model.save(path)
+    loaded = keras.saving.load_model(path)
+    np.testing.assert_allclose(loaded(x), expected, atol=1e-6)
+    half = FeedbackStack([4, 3], core="gru", feedback_units=2, dtype="mixed_float16")
+    full = FeedbackStack([4, 3], core="gru", feedback_units=2)
+    full(x), half(x)
+    half.set_weights(full.get_weights())
+    result = half(x)
+    assert result.dtype == tf.float16
+    np.testing.assert_allclose(result, full(x), atol=2e-2)
+
+
+def test_return_all_layers_shapes(rng):
+    x = rng.standard_normal((2, 5, 3)).astype("float32")
+    inputs = keras.Input((5, 3))
+    stack = FeedbackStack(
+        [4, 6], core="simple", return_all_layers=True, return_sequences=True
+    )
+    outputs = stack(inputs)
+    assert [tuple(o.shape) for o in outputs] == [(None, 5, 4), (None, 5, 6)]
+    model = keras.Model(inputs, outputs)
+    low, high = model(x)
+    assert low.shape == (2, 5, 4) and high.shape == (2, 5, 6)
+    top = FeedbackStack([4, 6], core="simple")
+    top(x)
+    top.set_weights(stack.get_weights())
+    np.testing.assert_allclose(top(x), high[:, -1], atol=1e-6)
+
+
+def test_exports(rng, tmp_path):
+    x = rng.standard_normal((2, 6, 3)).astype("float32")
+    inputs = keras.Input((None, 3))
+    stack = FeedbackStack(
+        [4, 3],
+        core="gru",
+        feedback_units=[2, 0],
+        top_down="gated",
+        return_sequences=True,
+    )
+    model = keras.Model(inputs, keras.layers.Dense(2)(stack(inputs)))
+    _randomise(stack, rng)
+    export.export_saved_model(model, tmp_path / "saved")
+    report = export.verify_saved_model(model, tmp_path / "saved", x)
+    assert report["serving_max_abs_error"] <= 1e-5, report
+    assert report["step_max_abs_error"] <= 1e-5, report
+    for streaming in (False, True):
+        lite = export.export_litert(
+            model, tmp_path / f"m{int(streaming)}.tflite", streaming=streaming
+        )
+        report = export.verify_litert(model, lite, x)
+        assert report["max_abs_error"] <= 1e-5, report
+        ops = export.litert_ops(lite)
+        assert all(op.isupper() and not op.startswith("BUILTIN_") for op in ops), ops
+
+
+class _NoScaleCore(cores.SimpleCore):
+    """A user core whose update has the earlier signature."""
+
+    def update(self, ops, projected, states, candidate_term=None):
+        return super().update(ops, projected, states, candidate_term)
+
+
+def test_errors():
+    with pytest.raises(TypeError, match="`units`"):
+        FeedbackStack(8)
+    with pytest.raises(ValueError, match=r"units\[1\]"):
+        FeedbackStack([8, 0])
+    with pytest.raises(ValueError, match="`feedback_units`.*one value per layer"):
+        FeedbackStack([8, 8], feedback_units=[1, 2, 3])
+    with pytest.raises(ValueError, match="`top_down`"):
+        FeedbackStack([8, 8], top_down="yes")
+    with pytest.raises(TypeError, match="`return_all_layers`"):
+        FeedbackStack([8, 8], return_all_layers="True")
+    with pytest.raises(ValueError, match="candidate_scale"):
+        FeedbackStack([8, 8], core=_NoScaleCore())
+    FeedbackStack([8, 8], core=_NoScaleCore(), top_down="ungated")
+    with pytest.raises(ValueError, match="top_down='gated'"):
+        FeedbackStack([8, 8], core=[keras.layers.GRUCell(8), keras.layers.GRUCell(8)])
+    with pytest.raises(ValueError, match="one cell per layer"):
+        FeedbackStack([8, 8], core=keras.layers.GRUCell(8), top_down=None)
+    cells = [keras.layers.GRUCell(8), keras.layers.GRUCell(8)]
+    stack = FeedbackStack([8, 8], core=cells, top_down=None)
+    assert stack(np.zeros((1, 2, 3), "float32")).shape == (1, 8)
