@@ -14,9 +14,29 @@
 """
 
 import os
+import platform
 import time
 
+import keras
 import tensorflow as tf
+
+
+def machine():
+    """The machine and software a run measured: CPU model, logical CPUs,
+    TensorFlow, Keras and Python versions (the ``Machine: ...`` line)."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            names = [
+                line.split(":", 1)[1].strip() for line in f if "model name" in line
+            ]
+        cpu = names[0] if names else cpu
+    except OSError:
+        pass
+    return (
+        f"{cpu}, {os.cpu_count()} logical CPUs, TensorFlow {tf.__version__}, "
+        f"Keras {keras.__version__}, Python {platform.python_version()}"
+    )
 
 
 def timed(fn, repeats, min_seconds):

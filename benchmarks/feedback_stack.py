@@ -23,14 +23,12 @@ two-``Feedback`` row shows what that costs against separate layers.
 
 import argparse
 import os
-import platform
 import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
 
 from keras_feedback.layers import Feedback  # noqa: E402
 from keras_feedback.layers import FeedbackStack  # noqa: E402
@@ -77,11 +75,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.quick:
         args.units, args.cores, args.steps, args.repeats = [16], ["gru"], 10, 1
-    print(
-        f"Machine: {platform.processor() or platform.machine()}, "
-        f"{os.cpu_count()} logical CPUs; TensorFlow {tf.__version__}, "
-        f"Keras {keras.__version__}"
-    )
+    print(f"Machine: {_limits.machine()}")
     limits = _limits.machine_limits(args)
     best = max(r["large"] for r in limits if r["dtype"] == "float32")
     print(f"Large fp32 matmul on this machine, best kernel: {best:.0f} GFLOP/s")

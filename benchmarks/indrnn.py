@@ -27,7 +27,6 @@ Two parts, printed as markdown tables:
 
 import argparse
 import os
-import platform
 import sys
 import time
 
@@ -35,7 +34,6 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
 
 from keras_feedback import cores  # noqa: E402
 from keras_feedback.datasets._adding_problem import generate  # noqa: E402
@@ -215,17 +213,7 @@ def main(argv=None):
         args.units, args.steps, args.repeats = [32], 20, 1
         args.budget, args.train, args.test = 5.0, 256, 128
         lengths = [100]
-    cpu = platform.processor() or platform.machine()
-    if os.path.exists("/proc/cpuinfo"):
-        with open("/proc/cpuinfo") as f:
-            names = [
-                line.split(":", 1)[1].strip() for line in f if "model name" in line
-            ]
-        cpu = names[0] if names else cpu
-    print(
-        f"Machine: {cpu}, {os.cpu_count()} logical CPUs, TensorFlow {tf.__version__}, "
-        f"Keras {keras.__version__}, Python {platform.python_version()}\n"
-    )
+    print(f"Machine: {_limits.machine()}\n")
     if not args.no_throughput:
         throughput(args)
     if not args.no_adding:

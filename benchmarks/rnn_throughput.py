@@ -24,7 +24,6 @@ each configuration in a fresh subprocess (see ``peak_memory``).
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -33,7 +32,6 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
 
 import keras_feedback  # noqa: E402
 
@@ -341,20 +339,7 @@ def varying_length_rows(batches):
     return results
 
 
-def machine():
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            names = [
-                line.split(":", 1)[1].strip() for line in f if "model name" in line
-            ]
-        cpu = names[0] if names else cpu
-    except OSError:
-        pass
-    return (
-        f"{cpu}, {os.cpu_count()} logical CPUs, TensorFlow {tf.__version__}, "
-        f"Keras {keras.__version__}, Python {platform.python_version()}"
-    )
+machine = _limits.machine
 
 
 def main(argv=None):
