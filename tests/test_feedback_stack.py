@@ -320,3 +320,37 @@ def test_errors():
     cells = [keras.layers.GRUCell(8), keras.layers.GRUCell(8)]
     stack = FeedbackStack([8, 8], core=cells, top_down=None)
     assert stack(np.zeros((1, 2, 3), "float32")).shape == (1, 8)
+
+
+def test_trace_holds_each_layer_and_the_gates(rng):
+    """The traced gates are the reference's ``g^{i->j}``; each layer's ``h``
+    trace is its hidden state (its output without an output projection)."""
+    x = rng.standard_normal((2, 5, 3))
+    stack = FeedbackStack(
+        [4, 3],
+        core="simple",
+        feedback_units=[2, 0],
+        return_sequences=True,
+        return_all_layers=True,
+        return_trace=True,
+        dtype="float64",
+    )
+    stack(x)
+    _randomise(stack, rng)
+    outputs, trace = stack(x)
+    assert sorted(trace) == ["c_0", "gate_0", "gate_1", "h_0", "h_1"]
+    layers, across = _reference_weights(stack)
+    # g^{i->1}_t from the reference's own states: sigma(h^0_t w + h*_{t-1} u).
+    h_star = np.concatenate([trace["h_0"], trace["h_1"]], -1)
+    h_star = np.concatenate([np.zeros_like(h_star[:, :1]), h_star[:, :-1]], 1)
+    expected = 1 / (
+        1
+        + np.exp(
+            -(
+                outputs[0] @ across[1]["gate_kernel"]
+                + h_star @ across[1]["gate_recurrent_kernel"]
+            )
+        )
+    )
+    assert relative_error(trace["gate_1"], expected) < 1e-12
+    assert relative_error(trace["h_1"], outputs[1]) < 1e-12
