@@ -78,7 +78,10 @@ def main(argv=None):
     print(f"Machine: {_limits.machine()}")
     limits = _limits.machine_limits(args)
     best = max(r["large"] for r in limits if r["dtype"] == "float32")
-    print(f"Large fp32 matmul on this machine, best kernel: {best:.0f} GFLOP/s")
+    print("The machine's own limit, measured in this run")
+    print("| large fp32 matmul, best kernel (GFLOP/s) |")
+    print("|---:|")
+    print(f"| {best:.0f} |")
     print()
     print(
         f"Two stacked layers, sequences/s (B={args.batch}, T={args.steps}, D=32, "

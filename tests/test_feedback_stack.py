@@ -354,3 +354,34 @@ def test_trace_holds_each_layer_and_the_gates(rng):
     )
     assert relative_error(trace["gate_1"], expected) < 1e-12
     assert relative_error(trace["h_1"], outputs[1]) < 1e-12
+
+
+def test_step_with_every_layer_output(rng):
+    """With return_all_layers, step returns (and takes as previous_output)
+    the list of the layers' outputs; masked rows repeat it."""
+    x = rng.standard_normal((2, 5, 3)).astype("float32")
+    mask = np.ones((2, 5), bool)
+    mask[1, 2:] = False
+    stack = FeedbackStack(
+        [4, 3],
+        core="gru",
+        feedback_units=[2, 1],
+        return_sequences=True,
+        return_all_layers=True,
+    )
+    stack(x)
+    _randomise(stack, rng)
+    expected = stack(x, mask=mask)
+    states = stack.get_initial_state(2)
+    previous = [np.zeros((2, 4), "float32"), np.zeros((2, 3), "float32")]
+    steps = []
+    for t in range(5):
+        previous, states = stack.step(
+            x[:, t], states, mask=mask[:, t], previous_output=previous
+        )
+        assert isinstance(previous, list) and len(previous) == 2
+        steps.append(previous)
+    for j in range(2):
+        np.testing.assert_allclose(
+            np.stack([s[j] for s in steps], 1), expected[j], atol=1e-5
+        )

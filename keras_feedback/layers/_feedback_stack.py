@@ -10,8 +10,10 @@ cell, so both engines, ``step``, masking, ``stateful``, ``return_state``,
 import inspect
 from typing import Any
 from typing import List
+from typing import Mapping
 from typing import Optional
 from typing import Sequence
+from typing import Tuple
 from typing import Union
 
 import keras
@@ -27,6 +29,7 @@ from keras_feedback.layers._cell import InitializerLike
 from keras_feedback.layers._cell import check_int
 from keras_feedback.layers._feedback_cell import FeedbackCell
 from keras_feedback.layers._recurrent import FeedbackRNN
+from keras_feedback.layers._recurrent import TensorLike
 
 
 def _per_layer(name, value, depth):
@@ -63,6 +66,7 @@ class FeedbackStackCell(keras.layers.Layer):
         super().__init__(**kwargs)
         self.top_down = top_down
         self.return_all_layers = return_all_layers
+        self._stack_weights = []  # per layer, by name; filled by build
         self.top_down_initializer = keras.initializers.get(top_down_initializer)
         self.cells = [
             FeedbackCell(
@@ -471,8 +475,22 @@ class FeedbackStack(FeedbackRNN):
             return (self._split_output(result[0]), *result[1:])
         return self._split_output(result)
 
-    def step(self, inputs, states, *args, **kwargs):
-        output, new_states = super().step(inputs, states, *args, **kwargs)
+    def step(
+        self,
+        inputs: TensorLike,
+        states: Union[Sequence[TensorLike], Mapping[str, TensorLike]],
+        mask: Optional[TensorLike] = None,
+        training: bool = False,
+        previous_output: Optional[TensorLike] = None,
+    ) -> Tuple[Any, List[tf.Tensor]]:
+        if self.return_all_layers and isinstance(previous_output, (list, tuple)):
+            # Each layer's output, as this method returns them.
+            previous_output = tf.concat(
+                [tf.convert_to_tensor(p) for p in previous_output], -1
+            )
+        output, new_states = super().step(
+            inputs, states, mask, training, previous_output
+        )
         return self._split_output(output), new_states
 
     step.__doc__ = FeedbackRNN.step.__doc__
