@@ -229,7 +229,7 @@ def attention_sequence(w, xs, memory, cfg, memory_mask=None, mask=None):
     return np.stack(outputs, 1), states, np.stack(alignments, 1)
 
 
-def stack_sequence(layers, stack, xs, cfgs, top_down, go_backwards=False):
+def stack_sequence(layers, stack, xs, cfgs, top_down, go_backwards=False, mask=None):
     """A ``FeedbackStack`` over ``xs`` (B, T, D), from the gated-feedback
     RNN's equations (Chung et al. 2015), written as sums over the source
     layers ``i``.
@@ -238,8 +238,10 @@ def stack_sequence(layers, stack, xs, cfgs, top_down, go_backwards=False):
     ``stack``: each layer's ``gate_kernel`` (in_j, L),
     ``gate_recurrent_kernel`` (ΣH, L) and ``top_down_kernel`` (the rows of
     the other layers' ``U^{i->j}``, in layer order); ``cfgs``: each layer's
-    options. Returns every layer's outputs ``[(B, T, O_j)]`` and the final
-    states, layer by layer.
+    options. ``mask`` (B, T): a masked step keeps every layer's states and
+    repeats every layer's previous output (zeros before the first). Returns
+    every layer's outputs ``[(B, T, O_j)]`` and the final states, layer by
+    layer.
     """
     batch, steps, _ = xs.shape
     depth = len(layers)
@@ -247,6 +249,7 @@ def stack_sequence(layers, stack, xs, cfgs, top_down, go_backwards=False):
     carry = [np.zeros((batch, cfg["units"])) for cfg in cfgs]
     c = [np.zeros((batch, cfg["feedback_units"])) for cfg in cfgs]
     outputs = [[] for _ in range(depth)]
+    previous = [np.zeros((batch, cfg["units"])) for cfg in cfgs]
     order = range(steps - 1, -1, -1) if go_backwards else range(steps)
     for t in order:
         h_star = np.concatenate(h, -1)
@@ -290,10 +293,19 @@ def stack_sequence(layers, stack, xs, cfgs, top_down, go_backwards=False):
                 scale,
             )
             new_h.append(h2)
-            new_carry.append(carry2)
-            new_c.append(c2)
+            new_carry.append(carry[j] if carry2 is None else carry2)
+            new_c.append(c[j] if c2 is None else c2)
             outputs[j].append(y)
             below = y
+        if mask is not None:
+            keep = mask[:, t][:, None]
+            new_h, new_carry, new_c = (
+                [np.where(keep, n, o) for n, o in zip(new, old)]
+                for new, old in ((new_h, h), (new_carry, carry), (new_c, c))
+            )
+            for j in range(depth):
+                outputs[j][-1] = np.where(keep, outputs[j][-1], previous[j])
+        previous = [o[-1] for o in outputs]
         h, carry, c = new_h, new_carry, new_c
     states = []
     for j, cfg in enumerate(cfgs):

@@ -66,11 +66,23 @@ def _configs(stack):
     return configs
 
 
+def _gaps(batch=3, time=7):
+    """Gaps: row 0 ends early, row 1 skips steps 1 and 3."""
+    mask = np.ones((batch, time), bool)
+    mask[0, 5:] = False
+    mask[1, [1, 3]] = False
+    return mask
+
+
 @pytest.mark.parametrize("core", ["simple", "gru", "lstm"])
 @pytest.mark.parametrize("go_backwards", [False, True])
 @pytest.mark.parametrize("engine", ["reference", "xla"])
 def test_plain_stack_equals_keras_stacked_layers(core, go_backwards, engine, rng):
-    x = rng.standard_normal((3, 7, 4)).astype("float32")
+    """Outputs and gradients within 1e-6 of Keras's stacked layers with the
+    same weights, masks with gaps (the Keras top layer gets the mask in the
+    order its inputs come: reversed after a ``go_backwards`` bottom)."""
+    x = tf.constant(rng.standard_normal((3, 7, 4)).astype("float32"))
+    mask = _gaps()
     stack = FeedbackStack(
         [5, 6],
         core=core,
@@ -86,7 +98,26 @@ def test_plain_stack_equals_keras_stacked_layers(core, go_backwards, engine, rng
     _randomise(stack, rng)
     bottom.set_weights(stack.layers[0].get_weights())
     top.set_weights(stack.layers[1].get_weights())
-    np.testing.assert_allclose(stack(x), top(bottom(x)), atol=2e-6)
+    probe = rng.standard_normal((3, 7, 6)).astype("float32")
+    top_mask = mask[:, ::-1] if go_backwards else mask
+    results = []
+    for run, weights in (
+        (lambda: stack(x, mask=mask), stack.trainable_weights),
+        (
+            lambda: top(bottom(x, mask=mask), mask=top_mask),
+            bottom.trainable_weights + top.trainable_weights,
+        ),
+    ):
+        with tf.GradientTape() as tape:
+            outputs = run()
+            loss = tf.reduce_sum(outputs * probe)
+        results.append((outputs, tape.gradient(loss, weights)))
+    (ours, our_grads), (theirs, their_grads) = results
+    assert relative_error(ours, theirs) < 1e-6
+    assert len(our_grads) == len(their_grads)
+    for a, b in zip(our_grads, their_grads):
+        # float32 sums in another order: 1e-6 of the gradient's magnitude.
+        assert relative_error(a, b) < 1e-6
 
 
 CASES = [
@@ -107,35 +138,77 @@ def _core(name):
 
 
 @pytest.mark.parametrize("core,top_down", CASES)
-@pytest.mark.parametrize("engine", ["reference", "xla"])
-def test_stack_against_numpy_reference(core, top_down, engine, rng):
-    """Every layer's outputs and the final states (float64) against the
-    paper's equations, with feedback in two of the three layers."""
-    x = rng.standard_normal((2, 6, 3))
-    stack = FeedbackStack(
-        [4, 3, 5],
-        core=_core(core),
-        feedback_units=[2, 0, 3],
-        top_down=top_down,
-        return_sequences=True,
-        return_all_layers=True,
-        return_state=True,
-        engine=engine,
-        dtype="float64",
+def test_stack_against_numpy_reference(core, top_down, rng):
+    """Every layer's outputs, the final states and every gradient (float64)
+    against the paper's equations, 1e-12 relative, with feedback in two of
+    the three layers and masks with gaps; both engines agree to 1e-12.
+    Gradients of the reference are complex-step derivatives (exact to
+    rounding)."""
+    x = rng.standard_normal((3, 7, 3))
+    mask = _gaps()
+    stacks = {}
+    for engine in ("reference", "xla"):
+        stacks[engine] = FeedbackStack(
+            [4, 3, 5],
+            core=_core(core),
+            feedback_units=[2, 0, 3],
+            top_down=top_down,
+            return_sequences=True,
+            return_all_layers=True,
+            return_state=True,
+            engine=engine,
+            dtype="float64",
+        )
+        stacks[engine](x)
+    _randomise(stacks["reference"], rng)
+    stacks["xla"].set_weights(stacks["reference"].get_weights())
+    layers, across = _reference_weights(stacks["reference"])
+    cfgs = _configs(stacks["reference"])
+    expected, states = stack_sequence(layers, across, x, cfgs, top_down, mask=mask)
+    probes = [rng.standard_normal(e.shape) for e in expected]
+
+    def reference_loss(layers, across):
+        outputs, final = stack_sequence(layers, across, x, cfgs, top_down, mask=mask)
+        return sum(np.sum(o * p) for o, p in zip(outputs, probes)) + sum(
+            np.sum(s**2) for s in final
+        )
+
+    grads = {}
+    for engine, stack in stacks.items():
+        with tf.GradientTape() as tape:
+            result = stack(x, mask=mask)
+            outputs, final = result[0], result[1:]
+            loss = sum(tf.reduce_sum(o * p) for o, p in zip(outputs, probes))
+            loss += sum(tf.reduce_sum(s**2) for s in final)
+        grads[engine] = tape.gradient(loss, stack.trainable_weights)
+        for a, b in zip(outputs, expected):
+            assert relative_error(a, b) < 1e-12
+        assert len(final) == len(states)
+        for a, b in zip(final, states):
+            assert relative_error(a, b) < 1e-12
+    for a, b in zip(grads["xla"], grads["reference"]):
+        assert relative_error(a, b) < 1e-12
+    # Each weight's gradient along a random direction, by complex step.
+    by_variable = dict(
+        zip(map(id, stacks["reference"].trainable_weights), grads["reference"])
     )
-    stack(x)
-    _randomise(stack, rng)
-    layers, across = _reference_weights(stack)
-    cfgs = _configs(stack)
-    expected, states = stack_sequence(layers, across, x, cfgs, top_down)
-    result = stack(x)
-    outputs, final = result[0], result[1:]
-    assert len(outputs) == 3
-    for a, b in zip(outputs, expected):
-        assert relative_error(a, b) < 1e-12
-    assert [s.shape[-1] for s in final] == [s.shape[-1] for s in states]
-    for a, b in zip(final, states):
-        assert relative_error(a, b) < 1e-12
+    step = 1e-30
+    for j, cell in enumerate(stacks["reference"].layers):
+        for v in cell.trainable_weights:
+            direction = rng.standard_normal(v.shape)
+            moved = [dict(w) for w in layers]
+            moved[j][v.name] = layers[j][v.name] + 1j * step * direction
+            numeric = np.imag(reference_loss(moved, across)) / step
+            analytic = np.sum(by_variable[id(v)].numpy() * direction)
+            assert abs(analytic - numeric) <= 1e-12 * max(1.0, abs(numeric)), v.name
+    for j, weights in enumerate(stacks["reference"].cell._stack_weights):
+        for name, v in weights.items():
+            direction = rng.standard_normal(v.shape)
+            moved = [dict(w) for w in across]
+            moved[j][name] = across[j][name] + 1j * step * direction
+            numeric = np.imag(reference_loss(layers, moved)) / step
+            analytic = np.sum(by_variable[id(v)].numpy() * direction)
+            assert abs(analytic - numeric) <= 1e-12 * max(1.0, abs(numeric)), name
 
 
 @pytest.mark.parametrize("core", ["gru", "lstm", "simple"])

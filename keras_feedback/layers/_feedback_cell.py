@@ -21,8 +21,38 @@ from keras_feedback.layers._cell import InitializerLike
 from keras_feedback.layers._cell import RegularizerLike
 
 
+class SequenceLayout:
+    """The layout hooks of a cell of ``(batch, time, features)`` sequences
+    (``FeedbackCell``, the stack's cell): tensors go to the engine and come
+    back as they are, a state is ``(batch, size)``."""
+
+    input_rank = 3
+    input_layout = "(batch, time, features)"
+
+    @property
+    def state_shapes(self):
+        """The shape of each state without the batch: ``(size,)``."""
+        return [(size,) for size in self.spec.state_size]
+
+    @property
+    def engine_state_sizes(self):
+        return list(self.spec.state_size)
+
+    def engine_inputs(self, params, sequences):
+        return sequences
+
+    def to_engine(self, tensor):
+        return tensor
+
+    def from_engine(self, tensor, channels):
+        return tensor
+
+    def output_shape(self, input_shape, lead, channels):
+        return (*lead, channels)
+
+
 @public("keras_feedback.layers.FeedbackCell")
-class FeedbackCell(FeedbackCellBase):
+class FeedbackCell(SequenceLayout, FeedbackCellBase):
     """Cell of a feedback-recurrent network: one time step.
 
     Implements, for input ``x_t``, hidden state ``h_t`` (``units``) and
@@ -230,9 +260,6 @@ class FeedbackCell(FeedbackCellBase):
         self.output_size = self.spec.output_size
         self.input_spec = keras.InputSpec(min_ndim=2)
 
-    input_rank = 3
-    input_layout = "(batch, time, features)"
-
     def kernel_shape(self, inputs, outputs, pointwise=False):
         return (inputs, outputs)
 
@@ -252,30 +279,9 @@ class FeedbackCell(FeedbackCellBase):
 
     # --- what the layer and the engine need ------------------------------
 
-    @property
-    def state_shapes(self):
-        """The shape of each state without the batch: ``(size,)``."""
-        return [(size,) for size in self.spec.state_size]
-
-    @property
-    def engine_state_sizes(self):
-        return list(self.spec.state_size)
-
     def recurrence(self):
         """The ``Recurrence`` the engine runs: it projects the sequences."""
         return math.make_recurrence(self.spec)
-
-    def engine_inputs(self, params, sequences):
-        return sequences
-
-    def to_engine(self, tensor):
-        return tensor
-
-    def from_engine(self, tensor, channels):
-        return tensor
-
-    def output_shape(self, input_shape, lead, channels):
-        return (*lead, channels)
 
     def readout(self, params, states):
         return math.readout(self.spec, params["weights"], states, params.get("memory"))

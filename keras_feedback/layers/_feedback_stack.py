@@ -28,6 +28,7 @@ from keras_feedback.layers._cell import CoreLike
 from keras_feedback.layers._cell import InitializerLike
 from keras_feedback.layers._cell import check_int
 from keras_feedback.layers._feedback_cell import FeedbackCell
+from keras_feedback.layers._feedback_cell import SequenceLayout
 from keras_feedback.layers._recurrent import FeedbackRNN
 from keras_feedback.layers._recurrent import TensorLike
 
@@ -45,11 +46,9 @@ def _per_layer(name, value, depth):
     return [value] * depth
 
 
-class FeedbackStackCell(keras.layers.Layer):
+class FeedbackStackCell(SequenceLayout, keras.layers.Layer):
     """The cell of ``FeedbackStack``: one step of all its layers."""
 
-    input_rank = 3
-    input_layout = "(batch, time, features)"
     memory_attention = None
 
     def __init__(
@@ -96,14 +95,6 @@ class FeedbackStackCell(keras.layers.Layer):
     @property
     def state_names(self):
         return [f"{n}_{j}" for j, c in enumerate(self.cells) for n in c.state_names]
-
-    @property
-    def state_shapes(self):
-        return [(size,) for size in self.spec.state_size]
-
-    @property
-    def engine_state_sizes(self):
-        return list(self.spec.state_size)
 
     @property
     def feedback_weights(self):
@@ -183,20 +174,8 @@ class FeedbackStackCell(keras.layers.Layer):
     def recurrence(self):
         return math.make_recurrence(self.spec)
 
-    def engine_inputs(self, params, sequences):
-        return sequences
-
-    def to_engine(self, tensor):
-        return tensor
-
-    def from_engine(self, tensor, channels):
-        return tensor
-
     def states_from_engine(self, states):
         return list(states)
-
-    def output_shape(self, input_shape, lead, channels):
-        return (*lead, channels)
 
     def readout(self, params, states):
         return math.readout(self.spec, params["weights"], states)
