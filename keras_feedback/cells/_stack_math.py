@@ -113,19 +113,20 @@ def split_states(spec, states):
     return result
 
 
-def project_bottom(spec, params, sequences, bias=True):
-    """The bottom layer's input projection, followed (gated stack) by its
-    gates' input part ``x_t W_g``: one matmul of ``(B, [T,] D)``."""
-    bottom = spec.layers[0]
-    weights = params["layers"][0]
+def project(spec, params, j, inputs, bias=True):
+    """Layer ``j``'s input projection (of ``x`` for the bottom layer, of
+    the layer below's output above it), followed in the gated stack by its
+    gates' input part ``inputs W_g``: one matmul of ``(B, [T,] D)``."""
+    layer = spec.layers[j]
+    weights = params["layers"][j]
     if spec.top_down != "gated":
-        return cell_math.project_inputs(bottom, weights, sequences, bias=bias)
-    kernel = tf.concat([weights["kernel"], params["stack"][0]["gate_kernel"]], -1)
+        return cell_math.project_inputs(layer, weights, inputs, bias=bias)
+    kernel = tf.concat([weights["kernel"], params["stack"][j]["gate_kernel"]], -1)
     projected = cell_math.project_inputs(
-        bottom, {**weights, "kernel": kernel}, sequences, bias=False
+        layer, {**weights, "kernel": kernel}, inputs, bias=False
     )
     if bias:
-        projected = _add_input_bias(bottom, weights, projected)
+        projected = _add_input_bias(layer, weights, projected)
     return projected
 
 
@@ -139,22 +140,10 @@ def _add_input_bias(spec, weights, projected):
     return projected + bias
 
 
-def _project_upper(spec, params, j, inputs):
-    """Layer ``j``'s (``j > 0``) input projection of the layer below's
-    output, with its bias, and its gates' input part (gated)."""
-    layer = spec.layers[j]
-    weights = params["layers"][j]
-    if spec.top_down != "gated":
-        return cell_math.project_inputs(layer, weights, inputs)
-    kernel = tf.concat([weights["kernel"], params["stack"][j]["gate_kernel"]], -1)
-    projected = tf.matmul(inputs, kernel)
-    return _add_input_bias(layer, weights, projected)
-
-
 def step(spec, params, projected, states, recurrent_masks=None):
     """One step of the stack: ``(y, new_states, trace)``.
 
-    ``projected``: ``project_bottom`` of the step's input (bias included).
+    ``projected``: ``project`` (layer 0) of the step's input (bias included).
     ``recurrent_masks``: None, or a list with each layer's recurrent dropout
     mask (or None).
     """
@@ -164,7 +153,7 @@ def step(spec, params, projected, states, recurrent_masks=None):
     new_states, outputs, trace = [], [], {}
     below = None
     for j, layer in enumerate(spec.layers):
-        x = projected if j == 0 else _project_upper(spec, params, j, below)
+        x = projected if j == 0 else project(spec, params, j, below)
         weights = params["layers"][j]
         term = scale = None
         if spec.top_down == "gated":
@@ -232,7 +221,7 @@ def make_recurrence(spec):
         return step(spec, weights, projected, states, masks)
 
     def project_fn(params, sequences):
-        return project_bottom(spec, params["weights"], sequences, bias=False)
+        return project(spec, params["weights"], 0, sequences, bias=False)
 
     return Recurrence(
         step=step_fn,
