@@ -3,7 +3,8 @@
 The public API is what the namespace packages re-export:
 ``keras_feedback.layers``, ``keras_feedback.activations``,
 ``keras_feedback.datasets``, ``keras_feedback.export``,
-``keras_feedback.seq2seq``, ``keras_feedback.training``.
+``keras_feedback.quantization``, ``keras_feedback.seq2seq``,
+``keras_feedback.training``.
 
 ``import keras_feedback`` imports them all (which registers the layers for
 ``.keras`` loading). The ``keras-feedback`` command alone starts without
@@ -23,6 +24,7 @@ _NAMESPACES = (
     "datasets",
     "export",
     "layers",
+    "quantization",
     "seq2seq",
     "training",
 )

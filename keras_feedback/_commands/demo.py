@@ -56,6 +56,13 @@ def add_arguments(parser):
         "copy memory)",
     )
     parser.add_argument(
+        "--qat-steps",
+        type=_commands.positive_int,
+        default=300,
+        help="quantization-aware fine-tuning steps before the int8 export "
+        "(default: 300)",
+    )
+    parser.add_argument(
         "--out",
         default=DEFAULT_OUT,
         help=f"output folder for the exports and figures (default: {DEFAULT_OUT})",

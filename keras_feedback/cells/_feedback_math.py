@@ -44,6 +44,7 @@ from typing import Optional
 import tensorflow as tf
 
 from keras_feedback.activations._learnable import PureActivation
+from keras_feedback.cells import _fake_quant
 from keras_feedback.cores._base import Core
 from keras_feedback.cores._base import StepOps
 from keras_feedback.engine._contract import Deferred
@@ -72,6 +73,8 @@ class StepSpec:
     memory_attention: Optional[str] = None
     memory_units: Optional[int] = None
     input_feeding: bool = False
+    # Quantization-aware training (``_fake_quant``): the step's points.
+    quantization: Optional[_fake_quant.QuantSpec] = None
 
     @property
     def memory_depth(self):
@@ -141,26 +144,41 @@ def project_inputs(spec, params, inputs, bias=True):
     if not spec.core.input_kernel:
         return inputs  # the core reads the inputs as they are
     kernel = params["kernel"]
+    if spec.quantization is not None:
+        # LiteRT's FULLY_CONNECTED on int8 inputs and weights.
+        ranges = params["quantization_ranges"]
+        inputs = _fake_quant.point(inputs, ranges, _fake_quant.INPUT)
+        kernel = _fake_quant.weight(kernel, force=True)
+    bias = input_bias(spec, params) if bias else None
+
+    def affine(x):
+        product = tf.matmul(x, kernel)
+        return product if bias is None else product + bias
+
     if inputs.shape.rank == 2:
-        projected = tf.matmul(inputs, kernel)
+        projected = affine(inputs)
     else:
         # One (B*T, D) x (D, G) matmul: the fastest form, and a plain
-        # FULLY_CONNECTED op after LiteRT conversion.
+        # FULLY_CONNECTED op (its bias fused) after LiteRT conversion.
         lead = tf.shape(inputs)[:-1]
         flat = tf.reshape(inputs, [-1, tf.shape(inputs)[-1]])
         projected = tf.reshape(
-            tf.matmul(flat, kernel), tf.concat([lead, tf.shape(kernel)[-1:]], 0)
+            affine(flat), tf.concat([lead, tf.shape(kernel)[-1:]], 0)
         )
-    bias = input_bias(spec, params) if bias else None
-    if bias is not None:
-        projected = projected + bias
+    if spec.quantization is not None:
+        # LiteRT's FULLY_CONNECTED output, its bias included.
+        projected = _fake_quant.point(
+            projected, params["quantization_ranges"], _fake_quant.PROJECTION
+        )
     return projected
 
 
 def linear(x, kernel):
     """``x`` times a dense kernel ``(in, out)``; or, for a convolution kernel
     ``(kh, kw, in, out)``, its stride-1 ``"same"`` convolution of the
-    channels-last maps ``x``."""
+    channels-last maps ``x``. In a quantised step the kernel is on its int8
+    grid (``_fake_quant``)."""
+    kernel = _fake_quant.weight(kernel)
     if kernel.shape.rank == 4:
         maps = tf.nn.conv2d(x, kernel, strides=1, padding="SAME")
         # Conv2D returns its input's shape for an empty batch: say it.
@@ -325,7 +343,123 @@ def step(
     # (see ``StepOps.up``).
     core_spec = bound if wide is None else bind_activations(spec, params, wide)
     spec = bound
+    quant = spec.quantization
+    if quant is not None and not _fake_quant.inline():
+        # A quantised step is its own traced function: TensorFlow's eager
+        # fast path ignores the op callbacks' FakeQuants, and a gradient
+        # tape records them wrongly (as the quantised op itself), where the
+        # function's gradient, built from its graph, has them right.
+        return _graph_step(spec)(
+            params,
+            projected,
+            states,
+            recurrent_mask,
+            products,
+            memory,
+            candidate_term,
+            candidate_scale,
+        )
+    return _quantized_step(
+        spec,
+        core_spec,
+        params,
+        projected,
+        states,
+        recurrent_mask,
+        products,
+        memory,
+        candidate_term,
+        candidate_scale,
+    )
+
+
+def _quantized_vectors(spec, params):
+    """``params`` with the core's vector weights that multiply a state
+    elementwise (IndRNN's ``u``: not kernels, not biases) on the int8 grid
+    the converter gives them (biases it adds in 32 bits, or as ADD
+    constants: left as they are)."""
+    vectors = [
+        w.name
+        for w in spec.core.weights(spec.units)
+        if not w.linear and w.group != "bias" and w.name in params
+    ]
+    if not vectors or _fake_quant.float_observation():
+        return params
+    return {
+        **params,
+        **{name: _fake_quant.fake_quant_constant(params[name]) for name in vectors},
+    }
+
+
+@functools.cache
+def _graph_step(spec):
+    """The quantised ``step`` of ``spec`` as a traced function."""
+
+    def traced(params, projected, states, *args):
+        wide = _wide(projected.dtype)
+        core_spec = spec if wide is None else bind_activations(spec, params, wide)
+        return _quantized_step(spec, core_spec, params, projected, states, *args)
+
+    return tf.function(traced, autograph=False, reduce_retracing=True)
+
+
+def _quantized_step(
+    spec,
+    core_spec,
+    params,
+    projected,
+    states,
+    recurrent_mask,
+    products,
+    memory,
+    candidate_term,
+    candidate_scale,
+):
+    """``step`` with, when ``spec`` is quantised, its points on their
+    grids (``_fake_quant``)."""
+    quant = spec.quantization
+    ranges = None
+    if quant is not None:
+        # The states on their int8 grids (``project_inputs`` rounded the
+        # projection).
+        ranges = params["quantization_ranges"]
+        states = _fake_quant.states_in(quant, ranges, states)
+        params = _quantized_vectors(spec, params)
     core_states, c_prev, attentional_prev = _split_states(spec, states)
+    h_prev = core_states[0]
+    recurrent_input = h_prev if recurrent_mask is None else h_prev * recurrent_mask
+    with _fake_quant.scope(quant, ranges):
+        return _step(
+            spec,
+            core_spec,
+            params,
+            projected,
+            core_states,
+            c_prev,
+            attentional_prev,
+            recurrent_input,
+            products,
+            memory,
+            candidate_term,
+            candidate_scale,
+        )
+
+
+def _step(
+    spec,
+    core_spec,
+    params,
+    projected,
+    core_states,
+    c_prev,
+    attentional_prev,
+    recurrent_input,
+    products,
+    memory,
+    candidate_term,
+    candidate_scale,
+):
+    """``step`` after its states are split (and, quantised, rounded)."""
     if spec.feedback_units and spec.core.input_kernel:
         projected = projected + _linear_product(
             params, products, "feedback_recurrent_kernel", c_prev
@@ -339,7 +473,7 @@ def step(
     h_prev = core_states[0]
     ops = StepOps(
         params,
-        h_prev if recurrent_mask is None else h_prev * recurrent_mask,
+        recurrent_input,
         core_spec.activation,
         core_spec.recurrent_activation,
         products,
@@ -407,25 +541,43 @@ def _readout(spec, params, h, c, attentional=None):
     trace = {"h": h}
     if attentional is not None:
         h = attentional
-    readout = h
+    readout = [h]
     if c is not None:
         trace["c"] = c
-        readout = tf.concat([h, c], axis=-1)
+        readout = [h, c]
     output = h
     if spec.attention:
-        alpha = linear(readout, params["attention_kernel"])
+        alpha = _linear_parts(spec, readout, params["attention_kernel"])
         if spec.use_bias:
             alpha = alpha + params["attention_bias"]
         alpha = tf.sigmoid(alpha)
         trace["alpha"] = alpha
         output = alpha * h
-        readout = output if c is None else tf.concat([output, c], axis=-1)
+        readout = [output] if c is None else [output, c]
     if spec.output_units:
-        output = linear(readout, params["output_kernel"])
+        output = _linear_parts(spec, readout, params["output_kernel"])
         if spec.use_bias:
             output = output + params["output_bias"]
         output = spec.output_activation(output)
     return output, trace
+
+
+def _linear_parts(spec, parts, kernel):
+    """``linear([parts...], kernel)``: of their concatenation; quantised, the
+    sum of each part's product with its rows of ``kernel`` (LiteRT's int8
+    CONCATENATION needs one scale for all its inputs, which the fixed-range
+    feedback signal ``c`` and ``h`` have not)."""
+    if len(parts) == 1:
+        return linear(parts[0], kernel)
+    if spec.quantization is None:
+        return linear(tf.concat(parts, axis=-1), kernel)
+    total, start = None, 0
+    for part in parts:
+        size = part.shape[-1]
+        term = linear(part, kernel[start : start + size])
+        total = term if total is None else total + term
+        start += size
+    return total
 
 
 @functools.cache
@@ -441,9 +593,13 @@ def make_recurrence(spec, project=True):
     bias included (``project_inputs``).
     """
 
+    # A quantised step's projection is rounded after its bias (LiteRT's
+    # FULLY_CONNECTED): it is added with the projection.
+    biased = spec.quantization is not None
+
     def step_fn(params, projected, states, products=None):
         weights = params["weights"]
-        bias = input_bias(spec, weights) if project else None
+        bias = input_bias(spec, weights) if project and not biased else None
         if bias is not None:
             projected = projected + bias
         return step(
@@ -457,7 +613,7 @@ def make_recurrence(spec, project=True):
         )
 
     def project_fn(params, sequences):
-        return project_inputs(spec, params["weights"], sequences, bias=False)
+        return project_inputs(spec, params["weights"], sequences, bias=biased)
 
     return Recurrence(
         step=step_fn,
@@ -465,7 +621,8 @@ def make_recurrence(spec, project=True):
         state_sizes=tuple(spec.state_size),
         trace_sizes=tuple(spec.trace_sizes.items()),
         project=project_fn if project else None,
-        deferred=_deferred_linears(spec),
+        # A quantised step computes its products itself (each one a point).
+        deferred=() if spec.quantization is not None else _deferred_linears(spec),
     )
 
 

@@ -1,5 +1,7 @@
 """Quantisation options and int8 calibration of a LiteRT conversion."""
 
+import warnings
+
 import numpy as np
 import tensorflow as tf
 
@@ -24,12 +26,21 @@ INT16_STATE_HEADROOM = 2.0
 _MAX_CALIBRATION_BATCHES = 512
 
 
-def check_quantization(quantization, representative_data):
+def check_quantization(quantization, representative_data, qat=False):
     if quantization is not None and quantization not in QUANTIZATIONS:
         raise ValueError(
             f"Argument `quantization` must be None or one of {QUANTIZATIONS}, "
             f"got {quantization!r}"
         )
+    if qat:
+        if quantization != "int8":
+            raise ValueError(
+                f"Argument `quantization`={quantization!r}: the model is "
+                "quantization-aware (keras_feedback.quantization), and its "
+                "LiteRT file is int8: pass quantization='int8', or export "
+                "keras_feedback.quantization.strip(model) in float"
+            )
+        return  # representative_data is optional: only checked
     if representative_data is not None and quantization not in CALIBRATED:
         raise ValueError(
             "Argument `representative_data` calibrates quantization='int8' or "
@@ -144,3 +155,36 @@ def quantize_sequence_int8(converter, samples, names):
         ),
     )
     return debugger.get_nondebug_quantized_model()
+
+
+# A representative batch may pass a QAT model's range by this fraction of its
+# width before ``check_ranges`` warns.
+RANGE_SLACK = 0.1
+
+
+def check_ranges(model, representative_data):
+    """Warns when ``representative_data`` drives a quantised tensor of a
+    quantization-aware ``model`` out of the range it trained with (by more
+    than ``RANGE_SLACK`` of its width): the int8 file clips it there."""
+    from keras_feedback.quantization import _qat
+
+    beyond = []
+    for layer, low, high in _qat._observed(model, representative_data, True):
+        ranges = _qat._ranges_variable(layer).numpy()
+        for row in _qat._rows(layer):
+            lo, hi = ranges[row]
+            slack = RANGE_SLACK * (hi - lo)
+            if low[row] < lo - slack or high[row] > hi + slack:
+                beyond.append(
+                    f"{layer.name} point {row}: [{low[row]:.3g}, {high[row]:.3g}] "
+                    f"beyond [{lo:.3g}, {hi:.3g}]"
+                )
+    if beyond:
+        warnings.warn(
+            "Argument `representative_data` goes beyond the int8 ranges the "
+            f"quantization-aware model trained with ({'; '.join(beyond[:5])}"
+            f"{'; ...' if len(beyond) > 5 else ''}): the LiteRT file clips "
+            "there. Fine-tune on such data, or move the ranges with "
+            "keras_feedback.quantization.update_ranges",
+            stacklevel=3,
+        )

@@ -30,6 +30,8 @@ from keras_feedback.export import _trace
 from keras_feedback.export._flatbuffer import litert_ops
 from keras_feedback.layers._feedback_loop import nested_layers
 from keras_feedback.layers._recurrent import FeedbackRNN
+from keras_feedback.quantization._qat import is_quantized as quantization_aware
+from keras_feedback.quantization._qat import strip as strip_quantization
 
 SEQUENCE_SIGNATURE = _saved_model.SERVING_DEFAULT
 STEP_SIGNATURE = _saved_model.STEP
@@ -120,12 +122,19 @@ def make_converter(concrete_function, trackable):
     return converter
 
 
-def configure(converter, concrete_function, quantization, samples, streaming):
+def configure(
+    converter, concrete_function, quantization, samples, streaming, qat=False
+):
     """Sets the ops and the quantisation of ``converter``; ``samples``
-    calibrate ``"int8"`` and ``"int16x8"`` (None for the other modes)."""
+    calibrate ``"int8"`` and ``"int16x8"`` (None for the other modes);
+    ``qat``: the model is quantization-aware, its FakeQuant ops give the
+    int8 ranges (the MLIR quantizer's QAT mode: no calibration)."""
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
     if quantization is not None:
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    if qat:
+        converter.experimental_new_quantizer = True
+        return converter
     if quantization == "float16":
         converter.target_spec.supported_types = [tf.float16]
     elif quantization == "int16x8":
@@ -150,7 +159,7 @@ def configure(converter, concrete_function, quantization, samples, streaming):
     return converter
 
 
-def _convert(converter, function, quantization, samples, streaming, model):
+def _convert(converter, function, quantization, samples, streaming, model, qat=False):
     """The converted content, or the ValueError of ``_conversion_error``."""
     try:
         with warnings.catch_warnings():
@@ -161,7 +170,7 @@ def _convert(converter, function, quantization, samples, streaming, model):
             )
             # The debugger's own (unused) interpreter is tf.lite's.
             warnings.filterwarnings("ignore", message=".*tf.lite.Interpreter")
-            if quantization == "int8" and not streaming:
+            if quantization == "int8" and not streaming and not qat:
                 return _calibration.quantize_sequence_int8(
                     converter,
                     samples,
@@ -352,8 +361,15 @@ def export_litert(
     True
     """
     _common.check_model(model)
-    _calibration.check_quantization(quantization, representative_data)
+    qat = quantization_aware(model)
+    _calibration.check_quantization(quantization, representative_data, qat)
     streaming = check_bool("streaming", streaming)
+    if qat and fused_lstm:
+        raise ValueError(
+            f"Argument `fused_lstm`=True: model {model.name!r} is "
+            "quantization-aware, and LiteRT's fused LSTM op takes no "
+            "FakeQuant ranges; export it with fused_lstm=False"
+        )
     _fused_lstm.check_option(fused_lstm, batch_size, streaming, quantization)
     path = os.fspath(path)
     _common.check_target(path, overwrite, "path")
@@ -396,7 +412,18 @@ def export_litert(
                 "inputs."
             )
     samples = None
-    if quantization == "int8":
+    if qat and not streaming:
+        raise ValueError(
+            f"Argument `streaming`=False: model {model.name!r} is "
+            "quantization-aware, and its int8 file is the step model: pass "
+            "streaming=True (LiteRT's int8 SCATTER_ND, which writes a "
+            "whole-sequence loop's outputs, takes no quantized tensor)"
+        )
+    if qat:
+        if representative_data is not None:
+            # Only checked: the ranges are the model's, from training.
+            _calibration.check_ranges(model, representative_data)
+    elif quantization == "int8":
         if streaming:
             samples = _calibration.step_samples(plan, representative_data)
         else:
@@ -420,8 +447,11 @@ def export_litert(
             quantization,
             samples,
             streaming,
+            qat,
         )
-        content = _convert(converter, function, quantization, samples, streaming, model)
+        content = _convert(
+            converter, function, quantization, samples, streaming, model, qat
+        )
     if fused_lstm:  # converted from a SavedModel: its signature is written
         _fused_lstm.check_signature(
             content, SEQUENCE_SIGNATURE, *signature_names(function)
@@ -529,7 +559,12 @@ def verify_litert(
         (``litert_ops``), ``latency_ms`` (one invoke: a whole sequence, or
         one step) and ``step_latency_ms`` (per time step: the step invoke, or
         the sequence invoke over the number of steps), ``tolerance`` and
-        ``within_tolerance`` (``max_rel_error`` at most ``tolerance``).
+        ``within_tolerance`` (``max_rel_error`` at most ``tolerance``), and
+        ``float_error``: for a quantization-aware ``model``
+        (``keras_feedback.quantization``), whose int8 file the errors above
+        compare with the model's own fake-quantised outputs, the three
+        errors against its float form (``quantization.strip``); else
+        None.
     """
     tolerance = _common.tolerance_for(model, tolerance)
     path = os.fspath(path)
@@ -545,7 +580,8 @@ def verify_litert(
     steps = next(iter(named.values())).shape[1]
     if streaming:
         outputs, latency = _run_stream(interpreter, named, plan)
-        tally = _saved_model.compare_steps(outputs, expected)
+        compare = _saved_model.compare_steps
+        tally = compare(outputs, expected)
         step_latency = latency
     else:
         if SEQUENCE_SIGNATURE not in signatures:
@@ -553,11 +589,20 @@ def verify_litert(
                 f"Argument `path`: {path!r} has neither a {SEQUENCE_SIGNATURE!r} "
                 f"nor a {STEP_SIGNATURE!r} signature, got {sorted(signatures)}"
             )
-        result, latency = _run_sequence(interpreter, named)
-        tally = _common.ErrorTally()
-        for name, reference in expected.items():
-            tally.add(name, result[name], reference)
+        outputs, latency = _run_sequence(interpreter, named)
+        compare = _compare_sequences
+        tally = compare(outputs, expected)
         step_latency = latency / max(steps, 1)
+    float_error = None
+    if quantization_aware(model):
+        # The file against the float model too: what QAT's rounding costs.
+        float_plan = _trace.ExportPlan(strip_quantization(model), compute_dtype=None)
+        float_tally = compare(outputs, float_plan.keras_outputs(named))
+        float_error = {
+            "max_abs_error": float_tally.max_abs,
+            "max_rel_error": float_tally.max_rel,
+            "norm_rel_error": float_tally.norm_rel,
+        }
     return {
         "max_abs_error": tally.max_abs,
         "max_rel_error": tally.max_rel,
@@ -571,4 +616,12 @@ def verify_litert(
         "step_latency_ms": step_latency,
         "tolerance": tolerance,
         "within_tolerance": tally.within(tolerance),
+        "float_error": float_error,
     }
+
+
+def _compare_sequences(outputs, expected):
+    tally = _common.ErrorTally()
+    for name, reference in expected.items():
+        tally.add(name, outputs[name], reference)
+    return tally

@@ -101,6 +101,15 @@ class Feedback(FeedbackRNN):
         input_feeding: with memory attention (default True), ``h̃_{t-1}``
             joins the next step's input (Luong's input feeding): a state
             ``attentional``. True without ``memory_attention`` is an error.
+        quantization: None, or ``"int8"``: quantization-aware training
+            (``keras_feedback.quantization``): the step computes with the
+            rounding of LiteRT's int8 kernels, on the ranges in the weight
+            ``quantization_ranges`` (observed on data by
+            ``keras_feedback.quantization.quantize_model``), so that the
+            weights learn to tolerate it and ``export_litert(...,
+            quantization="int8")`` converts with those ranges. Built-in
+            cores; activations tanh, sigmoid, relu or linear; no memory
+            attention or layer norm; float32.
         memory_initializer: initializer of the memory attention's kernels.
         memory_regularizer: optional regularizer of the memory attention's
             kernels.
@@ -214,6 +223,7 @@ class Feedback(FeedbackRNN):
         memory_attention: Optional[str] = None,
         memory_units: Optional[int] = None,
         input_feeding: Optional[bool] = None,
+        quantization: Optional[str] = None,
         return_sequences: bool = False,
         return_state: bool = False,
         go_backwards: bool = False,
@@ -281,6 +291,7 @@ class Feedback(FeedbackRNN):
             memory_attention=memory_attention,
             memory_units=memory_units,
             input_feeding=input_feeding,
+            quantization=quantization,
             name="feedback_cell",
             dtype=self.dtype_policy,
         )

@@ -13,6 +13,7 @@ import tensorflow as tf
 
 from keras_feedback._api import public
 from keras_feedback.cells import _feedback_math as math
+from keras_feedback.layers import _qat_support
 from keras_feedback.layers._cell import ActivationLike
 from keras_feedback.layers._cell import ConstraintLike
 from keras_feedback.layers._cell import CoreLike
@@ -139,6 +140,15 @@ class FeedbackCell(SequenceLayout, FeedbackCellBase):
         input_feeding: with memory attention (default True), ``h̃_{t-1}``
             joins the next step's input (Luong's input feeding): a state
             ``attentional``. True without ``memory_attention`` is an error.
+        quantization: None, or ``"int8"``: quantization-aware training
+            (``keras_feedback.quantization``): the step computes with the
+            rounding of LiteRT's int8 kernels, on the ranges in the weight
+            ``quantization_ranges`` (observed on data by
+            ``keras_feedback.quantization.quantize_model``), so that the
+            weights learn to tolerate it and ``export_litert(...,
+            quantization="int8")`` converts with those ranges. Built-in
+            cores; activations tanh, sigmoid, relu or linear; no memory
+            attention or layer norm; float32.
         memory_initializer: initializer of the memory attention's kernels.
         memory_regularizer: optional regularizer of the memory attention's
             kernels.
@@ -210,6 +220,7 @@ class FeedbackCell(SequenceLayout, FeedbackCellBase):
         memory_attention: Optional[str] = None,
         memory_units: Optional[int] = None,
         input_feeding: Optional[bool] = None,
+        quantization: Optional[str] = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(
@@ -256,6 +267,7 @@ class FeedbackCell(SequenceLayout, FeedbackCellBase):
             input_feeding=input_feeding,
             **kwargs,
         )
+        self.quantization = _qat_support.check(self, quantization)
         self.state_size = self.spec.state_size
         self.output_size = self.spec.output_size
         self.input_spec = keras.InputSpec(min_ndim=2)
@@ -274,6 +286,8 @@ class FeedbackCell(SequenceLayout, FeedbackCellBase):
                 f"got input shape {tuple(input_shape)}"
             )
         self.build_weights(features)
+        if self.quantization is not None:
+            _qat_support.build(self)
         self.step_shape = (features,)
         self.input_spec = keras.InputSpec(min_ndim=2, axes={-1: features})
 
@@ -325,3 +339,9 @@ class FeedbackCell(SequenceLayout, FeedbackCellBase):
         return [
             tf.zeros([batch_size, size], self.compute_dtype) for size in self.state_size
         ]
+
+    def cell_config(self):
+        config = super().cell_config()
+        if self.quantization is not None:
+            config["quantization"] = self.quantization
+        return config
