@@ -41,6 +41,8 @@ def test_demo_exports_verify_and_figures_are_written(data_dir, tmp_path, capsys)
             "adding_problem/T50",
             "--steps",
             "30",
+            "--qat-steps",
+            "10",
             "--max-examples",
             "256",
             "--out",

@@ -1,5 +1,5 @@
-"""The code on the documentation site's home, Getting started, Cores and
-FeedbackStack pages runs."""
+"""The code on the documentation site's home, Getting started, Cores,
+FeedbackStack and quantization-aware training pages runs."""
 
 import os
 import re
@@ -15,7 +15,14 @@ def _python_blocks(page):
 
 
 @pytest.mark.parametrize(
-    "page", ["index.md", "getting-started.md", "cores.md", "feedback_stack.md"]
+    "page",
+    [
+        "index.md",
+        "getting-started.md",
+        "cores.md",
+        "feedback_stack.md",
+        "quantization.md",
+    ],
 )
 def test_the_pages_python_blocks_run_in_order(page, tmp_path, monkeypatch):
     blocks = _python_blocks(page)
@@ -27,3 +34,7 @@ def test_the_pages_python_blocks_run_in_order(page, tmp_path, monkeypatch):
     if page == "getting-started.md":
         assert namespace["mse"] < 0.5 * namespace["y_test"].var()
         assert os.path.isfile("trace.png") and os.path.isdir("serving/feedback/1")
+    if page == "quantization.md":
+        report = namespace["report"]
+        assert report["within_tolerance"]
+        assert report["float_error"]["max_rel_error"] > report["max_rel_error"]

@@ -13,6 +13,7 @@
   errors.
 """
 
+import json
 import os
 
 import keras
@@ -367,3 +368,63 @@ def test_quantize_model_and_export_errors(tmp_path):
         layers.Feedback(4, quantization="int8", dtype="mixed_float16")(
             keras.Input((None, 3))
         )
+
+
+def _cli(argv, capsys):
+    from keras_feedback import cli
+
+    try:
+        code = cli.main(argv)
+    except SystemExit as exit_info:  # argparse's own errors
+        code = exit_info.code
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_cli_trains_with_qat_and_exports_int8_without_calibration(
+    tmp_path_factory, tmp_path, capsys
+):
+    # The same data folder as tests/test_cli.py's: the task is generated once.
+    data_dir = tmp_path_factory.getbasetemp() / "keras_feedback_tfds"
+    data_dir.mkdir(exist_ok=True)
+    config = {"feedback": {"units": 4, "feedback_units": 2}, "learning_rate": 0.01}
+    model_file = tmp_path / "model.json"
+    model_file.write_text(json.dumps(config))
+    out = tmp_path / "trained"
+    argv = [
+        "train",
+        "--dataset",
+        "adding_problem/T50",
+        "--data-dir",
+        str(data_dir),
+        "--model",
+        str(model_file),
+        "--train-split",
+        "validation[:64]",
+        "--eval-split",
+        "test[:32]",
+        "--out",
+        str(out),
+        "--batch-size",
+        "32",
+    ]
+    code, _, err = _cli([*argv, "--qat-epochs", "1", "--distributed"], capsys)
+    assert code == 2 and "--qat-epochs" in err and "--distributed" in err
+    code, stdout, err = _cli([*argv, "--qat-epochs", "1"], capsys)
+    assert code == 0, err
+    assert "quantization-aware, int8 rounding" in stdout
+    qat = keras.models.load_model(out / "model_qat.keras")
+    assert quantization.is_quantized(qat)
+    float_model = keras.models.load_model(out / "model.keras")
+    assert not quantization.is_quantized(float_model)
+    litert = str(tmp_path / "qat.tflite")
+    export_argv = ["export", str(out / "model_qat.keras"), "--litert", litert]
+    code, _, err = _cli([*export_argv, "--quantize", "int8"], capsys)
+    assert code == 2 and "--streaming" in err and err.count("\n") == 1
+    assert not os.path.exists(litert)
+    code, stdout, err = _cli(
+        [*export_argv, "--quantize", "int8", "--streaming"], capsys
+    )
+    assert code == 0, err
+    assert "int8 vs float model" in stdout
+    assert "FULLY_CONNECTED" in export.litert_ops(litert)

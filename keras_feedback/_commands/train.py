@@ -120,6 +120,15 @@ def add_arguments(parser):
         "--seed", type=_commands.non_negative_int, default=0, help="random seed"
     )
     parser.add_argument(
+        "--qat-epochs",
+        type=_commands.positive_int,
+        default=None,
+        help="after training, fine-tune a quantization-aware copy of the model "
+        "for this many epochs (docs/quantization.md) and save it as "
+        "OUT/model_qat.keras: its int8 LiteRT export (keras-feedback export "
+        "--quantize int8 --streaming) takes the ranges from training",
+    )
+    parser.add_argument(
         "--distributed",
         action="store_true",
         help="train under the tf.distribute strategy the environment calls "
@@ -315,6 +324,11 @@ def _check_arguments(args, config):
         config["epochs"] = args.epochs
     if args.batch_size is not None:
         config["batch_size"] = args.batch_size
+    if getattr(args, "qat_epochs", None) and getattr(args, "distributed", False):
+        raise _commands.UsageError(
+            "--qat-epochs cannot be combined with --distributed: fine-tune "
+            "the saved model on one machine"
+        )
     resume = None
     if args.resume:
         resume = _last_checkpoint(os.path.join(args.out, "checkpoints"))
@@ -403,6 +417,10 @@ def _train(args, config, train_split, validation_split, resume):
                 model = _commands.load_keras_model("--resume", path)
         except ConfigError as error:
             raise _commands.UsageError(f"--model {args.model!r}: {error}") from None
+    qat_epochs = getattr(args, "qat_epochs", None)
+    if qat_epochs:
+        # Before training: a model QAT cannot take fails now, not after it.
+        _check_quantizable(model)
     print(
         f"{task.name}: {task.input_kind} input '{task.input_key}' "
         f"({task.time_steps} steps x {task.input_size}), target "
@@ -440,4 +458,61 @@ def _train(args, config, train_split, validation_split, resume):
     if task.baseline_loss is not None:
         print(f"baseline loss (trivial predictor): {task.baseline_loss:.4f}")
     print(f"trained in {seconds:.1f} s; model saved to {os.path.abspath(path)}")
+    if qat_epochs:
+        data = (train, evaluation, validation)
+        _fine_tune_qat(args, config, model, task, data, qat_epochs)
     return 0
+
+
+def _check_quantizable(model):
+    from keras_feedback.quantization import _qat
+
+    try:
+        _qat.check_layers(model)
+    except ValueError as error:
+        message = str(error).replace("Argument `model`", "the model")
+        raise _commands.UsageError(f"--qat-epochs: {message}") from None
+
+
+# Training batches whose inputs set (and move) the QAT ranges.
+_QAT_RANGE_BATCHES = 4
+
+
+def _fine_tune_qat(args, config, model, task, data, epochs):
+    """A quantization-aware copy of ``model`` fine-tuned for ``epochs``
+    epochs at a tenth of the learning rate, saved as OUT/model_qat.keras."""
+    import keras
+
+    from keras_feedback import quantization
+
+    train, evaluation, validation = data
+    ranges = [x for x, _ in train.take(_QAT_RANGE_BATCHES)]
+    qat = quantization.quantize_model(model, lambda: ranges)
+    qat.compile(
+        optimizer=keras.optimizers.Adam(
+            float(config["learning_rate"]) / 10, clipnorm=config["clipnorm"]
+        ),
+        loss=task.loss,
+        metrics=[] if task.num_classes is None else ["sparse_categorical_accuracy"],
+    )
+    steps = config["steps_per_epoch"]
+    start = time.perf_counter()
+    qat.fit(
+        train.repeat() if steps else train,
+        epochs=epochs,
+        steps_per_epoch=steps,
+        validation_data=validation,
+        callbacks=[quantization.UpdateRanges(lambda: ranges, every=100)],
+        shuffle=False,
+        verbose=1,
+    )
+    seconds = time.perf_counter() - start
+    results = qat.evaluate(evaluation, verbose=0, return_dict=True)
+    path = os.path.join(args.out, "model_qat.keras")
+    qat.save(path)
+    scores = ", ".join(f"{k} {v:.4f}" for k, v in results.items())
+    print(f"{args.eval_split} (quantization-aware, int8 rounding): {scores}")
+    print(
+        f"QAT fine-tuned {epochs} epoch(s) in {seconds:.1f} s; saved to "
+        f"{os.path.abspath(path)} (export it with --quantize int8 --streaming)"
+    )

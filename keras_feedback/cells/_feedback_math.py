@@ -42,6 +42,7 @@ from typing import Callable
 from typing import Optional
 
 import tensorflow as tf
+from tensorflow.python.eager import record
 
 from keras_feedback.activations._learnable import PureActivation
 from keras_feedback.cells import _fake_quant
@@ -344,11 +345,18 @@ def step(
     core_spec = bound if wide is None else bind_activations(spec, params, wide)
     spec = bound
     quant = spec.quantization
-    if quant is not None and not _fake_quant.inline():
-        # A quantised step is its own traced function: TensorFlow's eager
-        # fast path ignores the op callbacks' FakeQuants, and a gradient
-        # tape records them wrongly (as the quantised op itself), where the
-        # function's gradient, built from its graph, has them right.
+    if (
+        quant is not None
+        and not _fake_quant.inline()
+        and (tf.executing_eagerly() or record.could_possibly_record())
+    ):
+        # A quantised step where it runs eagerly or a gradient tape may
+        # record it is its own traced function: TensorFlow's eager fast path
+        # ignores the op callbacks' FakeQuants, and a tape records them
+        # wrongly (as the quantised op itself), where the function's
+        # gradient, built from its graph, has them right. Elsewhere it runs
+        # inline: the fused engine builds its step's gradient from the graph
+        # (``Recurrence.symbolic_gradients``).
         return _graph_step(spec)(
             params,
             projected,
@@ -623,6 +631,7 @@ def make_recurrence(spec, project=True):
         project=project_fn if project else None,
         # A quantised step computes its products itself (each one a point).
         deferred=() if spec.quantization is not None else _deferred_linears(spec),
+        symbolic_gradients=spec.quantization is not None,
     )
 
 

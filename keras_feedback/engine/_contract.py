@@ -54,6 +54,10 @@ class Recurrence:
             G)``, as the reference loop calls it under a tape. None: the
             inputs are the step inputs.
         deferred: the ``Deferred`` products the step accepts.
+        symbolic_gradients: the step's gradient must be built from its graph
+            (``tf.gradients``), not recorded by a ``tf.GradientTape``: a
+            quantised step replaces ops' outputs as it is traced, which a
+            tape records as the replaced op's own (``cells/_fake_quant``).
     """
 
     step: Callable
@@ -62,6 +66,7 @@ class Recurrence:
     trace_sizes: Tuple[Tuple[str, int], ...] = ()
     project: Optional[Callable] = None
     deferred: Tuple[Deferred, ...] = ()
+    symbolic_gradients: bool = False
 
     def traces(self, return_trace):
         """``{name: size}`` of the traces an engine records."""

@@ -16,6 +16,7 @@ and the input gradient, as do the projection's weights and inputs (its
 VJP). It is generic over the step: no cell has a hand-written backward pass.
 """
 
+import contextlib
 from typing import NamedTuple
 
 import tensorflow as tf
@@ -228,8 +229,11 @@ def vjp(cfg, params, x, states, kept_products, cotangents, matrices):
     states = [tf.identity(s) for s in states]
     kept_products = [tf.identity(p) for p in kept_products]
     sources = _StepGradients(x, states, [leaves[i] for i in floating], kept_products)
-    with tf.GradientTape(watch_accessed_variables=False) as tape:
-        tape.watch(tf.nest.flatten(sources))
+    symbolic = cfg.recurrence.symbolic_gradients
+    tape = tf.GradientTape(watch_accessed_variables=False)
+    with contextlib.nullcontext() if symbolic else tape:
+        if not symbolic:
+            tape.watch(tf.nest.flatten(sources))
         params_in = tf.nest.pack_sequence_as(params, leaves)
         if cfg.keep_sums:
             # ``x`` already holds the additive products, the others were
@@ -245,12 +249,24 @@ def vjp(cfg, params, x, states, kept_products, cotangents, matrices):
         else:
             output, new_states, trace = cfg.step(params_in, x, states)
     names = [k for k, _ in cfg.traces]
-    return tape.gradient(
-        [output] + list(new_states) + [trace[k] for k in names],
-        sources,
-        output_gradients=[cotangents.output]
+    targets = [output] + list(new_states) + [trace[k] for k in names]
+    upstream = (
+        [cotangents.output]
         + list(cotangents.states)
-        + [cotangents.traces[k] for k in names],
+        + [cotangents.traces[k] for k in names]
+    )
+    if symbolic:
+        flat = tf.gradients(
+            targets,
+            tf.nest.flatten(sources),
+            grad_ys=upstream,
+            unconnected_gradients=tf.UnconnectedGradients.ZERO,
+        )
+        return tf.nest.pack_sequence_as(sources, flat)
+    return tape.gradient(
+        targets,
+        sources,
+        output_gradients=upstream,
         unconnected_gradients=tf.UnconnectedGradients.ZERO,
     )
 

@@ -129,6 +129,17 @@ def _to_qat(layer):
     return layer.__class__.from_config(config)
 
 
+def check_layers(model):
+    """Raises the ``ValueError`` ``quantize_model`` would raise for
+    ``model``'s layers, without copying it."""
+    _check_model(model)
+    for layer in model.layers:
+        if type(layer) is Feedback:
+            Feedback.from_config({**layer.get_config(), "quantization": "int8"})
+        elif type(layer) is not keras.layers.Dense:
+            _to_qat(layer)
+
+
 def _to_float(layer):
     config = layer.get_config()
     if isinstance(layer, QATDense):
