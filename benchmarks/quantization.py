@@ -149,7 +149,7 @@ def demo_task(args):
     )
     print(
         "| step model | test MSE | / float Keras MSE | max rel. error vs "
-        "float Keras | file | µs per step |"
+        f"float Keras | file | µs per step, batch of {len(x_test)} |"
     )
     print("|---|---:|---:|---:|---:|---:|")
     print(
