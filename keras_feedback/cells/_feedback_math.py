@@ -367,7 +367,7 @@ def step(
             candidate_term,
             candidate_scale,
         )
-    return _quantized_step(
+    return _step(
         spec,
         core_spec,
         params,
@@ -406,12 +406,12 @@ def _graph_step(spec):
     def traced(params, projected, states, *args):
         wide = _wide(projected.dtype)
         core_spec = spec if wide is None else bind_activations(spec, params, wide)
-        return _quantized_step(spec, core_spec, params, projected, states, *args)
+        return _step(spec, core_spec, params, projected, states, *args)
 
     return tf.function(traced, autograph=False, reduce_retracing=True)
 
 
-def _quantized_step(
+def _step(
     spec,
     core_spec,
     params,
@@ -437,81 +437,49 @@ def _quantized_step(
     h_prev = core_states[0]
     recurrent_input = h_prev if recurrent_mask is None else h_prev * recurrent_mask
     with _fake_quant.scope(quant, ranges):
-        return _step(
-            spec,
-            core_spec,
-            params,
-            projected,
-            core_states,
-            c_prev,
-            attentional_prev,
-            recurrent_input,
-            products,
-            memory,
-            candidate_term,
-            candidate_scale,
-        )
-
-
-def _step(
-    spec,
-    core_spec,
-    params,
-    projected,
-    core_states,
-    c_prev,
-    attentional_prev,
-    recurrent_input,
-    products,
-    memory,
-    candidate_term,
-    candidate_scale,
-):
-    """``step`` after its states are split (and, quantised, rounded)."""
-    if spec.feedback_units and spec.core.input_kernel:
-        projected = projected + _linear_product(
-            params, products, "feedback_recurrent_kernel", c_prev
-        )
-    elif spec.feedback_units:
-        projected = tf.concat([projected, c_prev], axis=-1)
-    if spec.input_feeding:
-        projected = projected + _linear_product(
-            params, products, "input_feeding_kernel", attentional_prev
-        )
-    h_prev = core_states[0]
-    ops = StepOps(
-        params,
-        recurrent_input,
-        core_spec.activation,
-        core_spec.recurrent_activation,
-        products,
-        linear,
-    )
-    # Only the gated stack passes a scale: a core of its own may not take one.
-    extra = {} if candidate_scale is None else {"candidate_scale": candidate_scale}
-    new_states = list(
-        spec.core.update(ops, projected, core_states, candidate_term, **extra)
-    )
-    h = new_states[0]
-    if spec.layer_norm:
-        h = _layer_norm(spec, params, h)
-    if spec.residual:
-        h = h_prev + h
-    new_states[0] = h
-    c = None
-    if spec.feedback_units:
-        c = linear(h, params["feedback_kernel"])
-        if spec.use_bias:
-            c = c + params["feedback_bias"]
-        c = spec.feedback_activation(c)
-        new_states.append(c)
-    attentional = None
-    if spec.memory_attention:
-        attentional = _attend(spec, params, _needs_memory(memory), h)
+        if spec.feedback_units and spec.core.input_kernel:
+            projected = projected + _linear_product(
+                params, products, "feedback_recurrent_kernel", c_prev
+            )
+        elif spec.feedback_units:
+            projected = tf.concat([projected, c_prev], axis=-1)
         if spec.input_feeding:
-            new_states.append(attentional)
-    output, trace = _readout(spec, params, h, c, attentional)
-    return output, new_states, trace
+            projected = projected + _linear_product(
+                params, products, "input_feeding_kernel", attentional_prev
+            )
+        ops = StepOps(
+            params,
+            recurrent_input,
+            core_spec.activation,
+            core_spec.recurrent_activation,
+            products,
+            linear,
+        )
+        # Only the gated stack passes a scale: a core of its own may not take one.
+        extra = {} if candidate_scale is None else {"candidate_scale": candidate_scale}
+        new_states = list(
+            spec.core.update(ops, projected, core_states, candidate_term, **extra)
+        )
+        h = new_states[0]
+        if spec.layer_norm:
+            h = _layer_norm(spec, params, h)
+        if spec.residual:
+            h = h_prev + h
+        new_states[0] = h
+        c = None
+        if spec.feedback_units:
+            c = linear(h, params["feedback_kernel"])
+            if spec.use_bias:
+                c = c + params["feedback_bias"]
+            c = spec.feedback_activation(c)
+            new_states.append(c)
+        attentional = None
+        if spec.memory_attention:
+            attentional = _attend(spec, params, _needs_memory(memory), h)
+            if spec.input_feeding:
+                new_states.append(attentional)
+        output, trace = _readout(spec, params, h, c, attentional)
+        return output, new_states, trace
 
 
 def _linear_product(params, products, name, x):
