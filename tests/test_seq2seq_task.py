@@ -3,9 +3,13 @@
 One small model is trained once (``examples/translate_dates.py`` at a small
 size); its greedy decode in Keras is the oracle of the served ones: the
 SavedModel's ``encode`` + ``step`` stream and the LiteRT step model, each
-run in a fresh process, must give the same tokens.
+run in a fresh process, must give the same tokens. That run is also the
+example's test of tests/test_examples.py (its held-out metric printed beside
+the trivial baseline, and beating it), which does not train it again.
 """
 
+import contextlib
+import io
 import os
 import subprocess
 import sys
@@ -19,6 +23,7 @@ from helpers import load_example
 from tensorflow.core.protobuf import saved_model_pb2
 
 import keras_feedback
+from keras_feedback import engine
 from keras_feedback import export
 from keras_feedback import seq2seq
 
@@ -32,21 +37,32 @@ def data_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def trained(data_dir, tmp_path_factory):
+    """The example's result, and what it printed in ``result["out"]``.
+
+    Trained on the reference loop (``engine.scope``), which gives the fused
+    engine's results (test_engine_agreement.py) without XLA's compile time:
+    47 s against 86 s for 4 epochs here. 3 epochs reach 0.985 ... 1.0 exact
+    match greedy and beam (seeds 0, 1, 2; 4 epochs the same), well above the
+    0.95 asserted. The served decoders below run the trained model on the
+    default engine."""
     plot = tmp_path_factory.mktemp("plots") / "alignment.png"
-    result = load_example("translate_dates").main(
-        [
-            "--epochs=4",
-            "--max-examples=4000",
-            "--test-examples=200",
-            "--units=32",
-            "--learning-rate=0.01",
-            "--batch-size=64",
-            "--beam-width=3",
-            f"--plot={plot}",
-            f"--data-dir={data_dir}",
-        ]
-    )
-    result["plot"] = plot
+    out = io.StringIO()
+    with engine.scope("reference"), contextlib.redirect_stdout(out):
+        result = load_example("translate_dates").main(
+            [
+                "--epochs=3",
+                "--max-examples=4000",
+                "--test-examples=200",
+                "--units=32",
+                "--learning-rate=0.01",
+                "--batch-size=64",
+                "--beam-width=3",
+                f"--plot={plot}",
+                f"--data-dir={data_dir}",
+            ]
+        )
+    print(out.getvalue())  # shown with the output of a failing test
+    result["plot"], result["out"] = plot, out.getvalue()
     return result
 
 
@@ -63,6 +79,13 @@ def test_the_example_learns_to_translate_dates(trained):
     assert trained["greedy"] >= 0.95, trained
     assert trained["beam"] >= trained["greedy"] - 0.005, trained
     assert trained["plot"].stat().st_size > 1000
+    # What test_examples.py checks of every other example: the held-out
+    # metric printed beside its trivial baseline, and beating it.
+    out = trained["out"]
+    assert "held-out" in out and "trivial baseline (" in out
+    assert "beats the baseline: yes" in out
+    assert trained["beats_baseline"], trained
+    assert np.isfinite(trained["value"]) and np.isfinite(trained["baseline"])
 
 
 STREAM = textwrap.dedent(
