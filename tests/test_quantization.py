@@ -364,6 +364,15 @@ def test_quantize_model_and_export_errors(tmp_path):
     with pytest.raises(ValueError, match="pass streaming=True"):
         export.export_litert(qat, tmp_path / "b.tflite", quantization="int8")
     assert not os.listdir(tmp_path)
+    # Quantising a QAT model again would observe its ranges anew in float.
+    with pytest.raises(ValueError, match="is quantization-aware already"):
+        quantization.quantize_model(qat, x)
+    ranges = [v.numpy() for v in qat.weights if "quantization_ranges" in v.path]
+    again = quantization.quantize_model(quantization.strip(qat), x)
+    for old, new in zip(
+        ranges, [v.numpy() for v in again.weights if "quantization_ranges" in v.path]
+    ):
+        np.testing.assert_array_equal(old, new)
     with pytest.raises(ValueError, match="needs float32"):
         layers.Feedback(4, quantization="int8", dtype="mixed_float16")(
             keras.Input((None, 3))

@@ -10,6 +10,7 @@ path, quantization="int8")`` converts it with those ranges, no calibration;
 ``strip`` gives the float model with the fine-tuned weights.
 """
 
+import weakref
 from typing import Any
 
 import keras
@@ -115,10 +116,6 @@ def _to_qat(layer):
         return Feedback.from_config({**config, "quantization": "int8"})
     if type(layer) is keras.layers.Dense:
         return QATDense.from_config(config)
-    if isinstance(layer, (QATDense,)) or (
-        isinstance(layer, FeedbackRNN) and getattr(layer.cell, "quantization", None)
-    ):
-        return layer.__class__.from_config(config)
     if layer.weights:
         raise ValueError(
             f"Argument `model`: layer {layer.name!r} ({type(layer).__name__}) "
@@ -129,10 +126,21 @@ def _to_qat(layer):
     return layer.__class__.from_config(config)
 
 
+def _check_float(model):
+    quantized = [layer.name for layer in _quantized_layers(model)]
+    if quantized:
+        raise ValueError(
+            f"Argument `model`: {model.name!r} is quantization-aware already "
+            f"(layers {quantized}); fine-tune it as it is, or quantize "
+            "strip(model) again (that observes its ranges anew)"
+        )
+
+
 def check_layers(model):
     """Raises the ``ValueError`` ``quantize_model`` would raise for
     ``model``'s layers, without copying it."""
     _check_model(model)
+    _check_float(model)
     for layer in model.layers:
         if type(layer) is Feedback:
             Feedback.from_config({**layer.get_config(), "quantization": "int8"})
@@ -224,10 +232,24 @@ def _observe_recurrent(layer, inputs, quantize):
     return low, high
 
 
+# Per layer, its observation traced once per mode (``quantize``): updates
+# during training (``UpdateRanges``) reuse the trace. The traced function
+# holds the layer weakly (a value must not keep its key alive).
+_TRACED = weakref.WeakKeyDictionary()
+
+
 def _observe(layer, inputs, quantize):
     """``(low, high)`` numpy ``(points,)`` of the layer on ``inputs``."""
-    observe = _observe_dense if isinstance(layer, QATDense) else _observe_recurrent
-    low, high = tf.function(observe, autograph=False)(layer, inputs, quantize)
+    traced = _TRACED.setdefault(layer, {})
+    if quantize not in traced:
+        observe = _observe_dense if isinstance(layer, QATDense) else _observe_recurrent
+        ref = weakref.ref(layer)
+
+        def run(inputs):
+            return observe(ref(), inputs, quantize)
+
+        traced[quantize] = tf.function(run, autograph=False, reduce_retracing=True)
+    low, high = traced[quantize](inputs)
     return low.numpy(), high.numpy()
 
 
@@ -287,6 +309,10 @@ def quantize_model(model: keras.Model, representative_data: Any) -> keras.Model:
     Returns:
         The quantization-aware copy (not compiled).
 
+    Raises:
+        ValueError: a layer without a quantization-aware form, or a model
+            that is quantization-aware already.
+
     Example:
 
     >>> import keras, numpy as np
@@ -299,6 +325,7 @@ def quantize_model(model: keras.Model, representative_data: Any) -> keras.Model:
     (True, True)
     """
     _check_model(model)
+    _check_float(model)
     qat = _clone(model, _to_qat)
     _update(qat, representative_data, momentum=0.0, quantize=False)
     return qat
