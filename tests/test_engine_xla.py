@@ -192,9 +192,12 @@ def test_xla_equals_reference(
 
 
 def _layer_pair(rng, x, **kwargs):
+    """The two engines' layers with the same random weights, built for
+    ``x``'s shape without a call (a call of the fused one compiles a loop
+    the tests do not use)."""
     layers = {e: Feedback(4, engine=e, **kwargs) for e in ("reference", "xla")}
     for layer in layers.values():
-        layer(x)
+        layer.build(x.shape)
     weights = [0.5 * rng.standard_normal(w.shape) for w in layers["reference"].weights]
     for layer in layers.values():
         layer.set_weights([w.astype(layer.weights[0].dtype) for w in weights])
@@ -316,7 +319,7 @@ def test_stateful_initial_state_and_dropout_match_reference(rng):
         seed=11,
     )
     ref, fused = _layer_pair(rng, x, **kwargs)
-    ref.reset_state()  # building ran a batch with each layer's own weights
+    ref.reset_state()  # the states of a stateful layer start at zero
     fused.reset_state()
     for _ in range(2):  # the second batch starts from the first's states
         y_ref, g_ref = _loss_and_grads(ref, x, training=True)
