@@ -4,6 +4,8 @@ Keras's private ``run_layer_test`` is imported here and nowhere else:
 ``LayerTestCase`` is the base of every test class that runs it.
 """
 
+import itertools
+
 import numpy as np
 import tensorflow as tf
 from keras.src import testing
@@ -186,3 +188,12 @@ def keras_rnn_test_module(filename):
     spec.loader.exec_module(module)
     module.layers = _Layers()
     return module
+
+
+def assert_covers_every_pair(cases, options):
+    """Every pair of values of two of ``options`` (a list of each
+    position's values) is in some row of ``cases``: the rows are a pairwise
+    covering set of the full product."""
+    for i, j in itertools.combinations(range(len(options)), 2):
+        for a, b in itertools.product(options[i], options[j]):
+            assert any(row[i] == a and row[j] == b for row in cases), (i, j, a, b)

@@ -14,6 +14,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from helpers import assert_covers_every_pair
 
 import keras_feedback
 from keras_feedback import engine as engines
@@ -109,9 +110,7 @@ COMBINATIONS = [
 
 def test_the_combinations_cover_every_pair_of_options():
     options = [CORES, (False, True), (False, True), (False, True), (False, True)]
-    for i, j in itertools.combinations(range(len(options)), 2):
-        for a, b in itertools.product(options[i], options[j]):
-            assert any(row[i] == a and row[j] == b for row in COMBINATIONS), (i, j)
+    assert_covers_every_pair(COMBINATIONS, options)
 
 
 @pytest.mark.parametrize(

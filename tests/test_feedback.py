@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from helpers import LayerTestCase
+from helpers import assert_covers_every_pair
 from helpers import check_directional_derivatives
 from helpers import weights_by_name
 from numpy_reference import feedback_sequence
@@ -124,9 +125,7 @@ def test_the_short_cases_cover_every_pair_of_options():
         (OFF_CASES, [CORES, (False, True), (False, True)]),
         (PAIRWISE, [CORES, (False, True), (False, True), (None, 3)]),
     ):
-        for i, j in itertools.combinations(range(len(options)), 2):
-            for a, b in itertools.product(options[i], options[j]):
-                assert any(row[i] == a and row[j] == b for row in cases), (i, j)
+        assert_covers_every_pair(cases, options)
     assert set(PAIRWISE) <= set(COMBOS)
 
 

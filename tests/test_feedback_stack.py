@@ -6,12 +6,11 @@ feedback), the numpy reference of the gated-feedback RNN's equations
 the other engine, and central finite differences.
 """
 
-import itertools
-
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from helpers import assert_covers_every_pair
 from helpers import check_directional_derivatives
 from helpers import relative_error
 from helpers import stream_steps
@@ -91,9 +90,7 @@ PLAIN_CASES = [
 
 def test_the_plain_cases_cover_every_pair_of_options():
     options = [tuple(KERAS), (False, True), ("reference", "xla")]
-    for i, j in itertools.combinations(range(3), 2):
-        for a, b in itertools.product(options[i], options[j]):
-            assert any(row[i] == a and row[j] == b for row in PLAIN_CASES), (i, j)
+    assert_covers_every_pair(PLAIN_CASES, options)
 
 
 @pytest.mark.parametrize("core, go_backwards, engine", PLAIN_CASES)

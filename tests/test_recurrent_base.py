@@ -5,12 +5,11 @@ Every check runs on both layers built on ``FeedbackRNN`` (``Feedback`` and
 for the edge shapes, the other engine).
 """
 
-import itertools
-
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from helpers import assert_covers_every_pair
 from helpers import randomise
 from helpers import relative_error
 from helpers import stream_steps
@@ -77,9 +76,7 @@ def _gappy_mask(batch=3, time=5):
 def test_the_step_cases_cover_every_pair_of_options():
     options = [("dense", "conv"), ("simple", "gru", "lstm"), *[(False, True)] * 2]
     options.append((None, 3))
-    for i, j in itertools.combinations(range(len(options)), 2):
-        for a, b in itertools.product(options[i], options[j]):
-            assert any(row[i] == a and row[j] == b for row in STEP_CASES), (i, j)
+    assert_covers_every_pair(STEP_CASES, options)
 
 
 @pytest.mark.parametrize("kind, core, attention, residual, output", STEP_CASES)

@@ -6,7 +6,6 @@ nothing) before; the checks assert the error type and that its message
 names the argument, or the correct result against an oracle.
 """
 
-import itertools
 import json
 import math
 import os
@@ -17,6 +16,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from helpers import assert_covers_every_pair
 from hypothesis import strategies as st
 
 from keras_feedback import cli
@@ -521,9 +521,7 @@ NAN_CASES = [
 
 def test_the_nan_cases_cover_every_pair_of_options():
     options = [ENGINES, CORES, (False, True)]
-    for i, j in itertools.combinations(range(3), 2):
-        for a, b in itertools.product(options[i], options[j]):
-            assert any(row[i] == a and row[j] == b for row in NAN_CASES), (i, j)
+    assert_covers_every_pair(NAN_CASES, options)
 
 
 @pytest.mark.parametrize(
