@@ -7,7 +7,8 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-import keras_feedback  # noqa: E402,F401
+import keras_feedback  # noqa: E402
+import keras_feedback.engine  # noqa: E402
 
 # Property runs: CI's short form by default; `--hypothesis-profile=full` for
 # the full run (see tests/test_engine_agreement.py).
@@ -37,6 +38,21 @@ def _auto_runs_the_fused_engine(monkeypatch):
     from keras_feedback import engine
 
     monkeypatch.setattr(engine, "AUTO_MIN_STEP_WORK", 0)
+
+
+# engine="auto"'s size rule as shipped (read at import, before any fixture
+# changes it).
+SHIPPED_AUTO_MIN_STEP_WORK = keras_feedback.engine.AUTO_MIN_STEP_WORK
+
+
+@pytest.fixture
+def auto_engine_as_shipped(monkeypatch):
+    """``engine="auto"``'s size rule as shipped, in place of the override
+    above: the test runs the engine a user's session would (the reference
+    loop at the tests' small sizes)."""
+    monkeypatch.setattr(
+        keras_feedback.engine, "AUTO_MIN_STEP_WORK", SHIPPED_AUTO_MIN_STEP_WORK
+    )
 
 
 @pytest.fixture

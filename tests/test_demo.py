@@ -13,7 +13,6 @@ from ai_edge_litert.interpreter import Interpreter
 
 from keras_feedback import cli
 from keras_feedback import datasets
-from keras_feedback import engine
 from keras_feedback._commands import demo
 from keras_feedback._commands import train
 
@@ -33,18 +32,12 @@ def _table_value(out, key):
     raise AssertionError(f"{key!r} not in the table:\n{out}")
 
 
-# engine="auto"'s size rule as shipped (read before conftest.py's fixture
-# sets it to keep the fused engine).
-SHIPPED_AUTO_MIN_STEP_WORK = engine.AUTO_MIN_STEP_WORK
-
-
 def test_demo_exports_verify_and_figures_are_written(
-    data_dir, tmp_path, capsys, monkeypatch
+    data_dir, tmp_path, capsys, auto_engine_as_shipped
 ):
     # The command as a user runs it: at T=50 the size rule picks the
     # reference loop (the default T=100 runs the fused engine, as the wheel
     # smoke job's demo does).
-    monkeypatch.setattr(engine, "AUTO_MIN_STEP_WORK", SHIPPED_AUTO_MIN_STEP_WORK)
     out_dir = tmp_path / "out"
     code = cli.main(
         [

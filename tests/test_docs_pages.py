@@ -6,20 +6,12 @@ import re
 
 import pytest
 
-from keras_feedback import engine
-
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _python_blocks(page):
     with open(os.path.join(ROOT, "docs", page)) as f:
         return re.findall(r"^```python\n(.*?)^```", f.read(), re.M | re.S)
-
-
-# engine="auto"'s size rule as shipped (read before conftest.py's fixture
-# sets it to keep the fused engine): the pages run as a reader's session
-# runs them.
-SHIPPED_AUTO_MIN_STEP_WORK = engine.AUTO_MIN_STEP_WORK
 
 
 @pytest.mark.parametrize(
@@ -32,8 +24,10 @@ SHIPPED_AUTO_MIN_STEP_WORK = engine.AUTO_MIN_STEP_WORK
         "quantization.md",
     ],
 )
-def test_the_pages_python_blocks_run_in_order(page, tmp_path, monkeypatch):
-    monkeypatch.setattr(engine, "AUTO_MIN_STEP_WORK", SHIPPED_AUTO_MIN_STEP_WORK)
+def test_the_pages_python_blocks_run_in_order(
+    page, tmp_path, monkeypatch, auto_engine_as_shipped
+):
+    # The pages run as a reader's session runs them (engine="auto" as shipped).
     blocks = _python_blocks(page)
     assert blocks, page
     monkeypatch.chdir(tmp_path)  # the pages write their files here

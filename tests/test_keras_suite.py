@@ -10,22 +10,16 @@ import pytest
 from helpers import KERAS_RNN_TEST_FILES
 from helpers import keras_rnn_test_module
 
-from keras_feedback import engine
-
-# engine="auto"'s size rule as shipped (read before conftest.py's fixture
-# sets it to keep the fused engine).
-SHIPPED_AUTO_MIN_STEP_WORK = engine.AUTO_MIN_STEP_WORK
-
 
 @pytest.fixture(autouse=True)
-def _basics_as_shipped(request, monkeypatch):
+def _basics_as_shipped(request):
     """Keras's ``test_basics`` (``run_layer_test``: config, saving, shapes,
     a training step: the layer base's plumbing) runs with the size rule as
     shipped, which picks the reference loop at its sizes, as for a user
     (the fused engine there cost 24 s per class); every other test of the
     suite (correctness, masking, states, ...) keeps the fused engine."""
     if request.node.name.startswith("test_basics"):
-        monkeypatch.setattr(engine, "AUTO_MIN_STEP_WORK", SHIPPED_AUTO_MIN_STEP_WORK)
+        request.getfixturevalue("auto_engine_as_shipped")
 
 
 # Tests of Keras-private internals, left out (set to None, so not collected):
